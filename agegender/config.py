@@ -1,0 +1,42 @@
+"""Defaults in one place: paths, network sizes, detector settings.
+
+Every script reads its defaults from here so that a value is never written twice.
+"""
+import os
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Age/gender network
+IMAGE_SIZE = (112, 112)          # (height, width) of an aligned face
+AGE_CLASSES = 100                # ordinal "older than k" classifiers, k = 0..99
+FC1_SIZE = 2 + 2 * AGE_CLASSES   # gender logits + one logit pair per age classifier
+MAX_AGE = 100
+UNKNOWN_GENDER = 9999            # label value ignored by the gender loss and metrics
+OUTPUT_LAYER = "fc1_output"
+
+# The project's own shipped model (trained by train.py on UTKFace, see models/MODEL_CARD.md)
+DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "agegender-m1") + ",0"
+
+# MTCNN (SPEC §6)
+MTCNN_MODEL_DIR = os.path.join(PROJECT_ROOT, "models", "mtcnn")   # converted at set-up, not committed
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.8)
+MTCNN_FACTOR = 0.709
+MTCNN_MIN_FACE = 20
+
+# ESSH / RetinaFace family (SPEC §8)
+ESSH_DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "retinaface", "retinaface-mnet25") + ",0"
+ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"
+ESSH_THRESHOLD = 0.5
+ESSH_NMS = 0.3
+
+# Sample image shipped with the project (see sample-images/README.md)
+DEFAULT_IMAGE = os.path.join(PROJECT_ROOT, "sample-images", "astronaut.jpg")
+
+# Where tests and tools find the shared data set / original checkpoints
+SHARED_ENV = "AGEGENDER_SHARED"
+
+
+def shared_dir():
+    """Return the path of the shared data folder (``$AGEGENDER_SHARED`` or ``../shared``), or None."""
+    path = os.environ.get(SHARED_ENV) or os.path.join(os.path.dirname(PROJECT_ROOT), "shared")
+    return path if os.path.isdir(path) else None

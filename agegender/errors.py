@@ -1,0 +1,17 @@
+"""Errors that reach the user as one line naming the file and the problem."""
+
+
+class AgeGenderError(Exception):
+    """Base class: its message is printed as-is, without a traceback, by the command-line tools."""
+
+
+class CheckpointError(AgeGenderError):
+    """A model checkpoint is missing, truncated, or does not match the expected network."""
+
+
+class ImageError(AgeGenderError):
+    """An input image cannot be read or used."""
+
+
+class DataError(AgeGenderError):
+    """A data set file (RecordIO pack, index, CSV, .mat) is malformed."""

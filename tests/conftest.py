@@ -1,0 +1,47 @@
+"""Shared fixtures: where ../shared is, and skipping (or failing under CI=true) without it."""
+import os
+
+import pytest
+
+from agegender.config import shared_dir
+
+
+def _require_shared(*parts):
+    root = shared_dir()
+    path = os.path.join(root, *parts) if root else None
+    if path is None or not os.path.exists(path):
+        reason = f"shared data not found ({os.path.join('../shared', *parts)}; set AGEGENDER_SHARED)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " — required under CI=true")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """Path of the shared folder; the test skips (fails under CI=true) if it is absent."""
+    return _require_shared()
+
+
+@pytest.fixture(scope="session")
+def original_model(shared):
+    """``prefix,epoch`` of the original age/gender checkpoint."""
+    _require_shared("weights", "original", "age-gender", "model-symbol.json")
+    return os.path.join(shared, "weights", "original", "age-gender", "model") + ",0"
+
+
+@pytest.fixture(scope="session")
+def original_mtcnn_dir(shared):
+    """Folder of the original MTCNN checkpoints det1..det4 (epoch 1)."""
+    return _require_shared("weights", "original", "mtcnn-model")
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared):
+    """Folder of the original code's golden outputs."""
+    return _require_shared("reference", "mtcnn")
+
+
+@pytest.fixture(scope="session")
+def sample_images_dir(shared):
+    return _require_shared("sample-images")
