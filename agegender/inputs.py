@@ -1,0 +1,87 @@
+"""Turning command-line inputs (files, folders, glob patterns, videos) into a stream of work items."""
+import glob
+import os
+from dataclasses import dataclass
+
+import cv2
+
+from .errors import ImageError
+from .image import IMAGE_EXTENSIONS
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+@dataclass
+class InputItem:
+    """One input file: ``path`` as found, ``root`` the folder it was found under (for output names)."""
+    path: str
+    root: str = ""
+    error: str = ""
+
+    @property
+    def is_video(self):
+        return self.path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _is_media(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+
+def expand_inputs(specs):
+    """Expand paths, folders (recursively, by extension) and glob patterns into InputItems.
+
+    A spec that matches nothing becomes an item with ``error`` set, so batch jobs can report it and go on.
+    """
+    items = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(os.path.join(dirpath, name)
+                           for dirpath, _, names in os.walk(spec) for name in names
+                           if _is_media(name))
+            if not found:
+                items.append(InputItem(spec, error=f"{spec}: folder holds no images or videos"))
+            items.extend(InputItem(path, root=spec) for path in found)
+        elif os.path.exists(spec):
+            items.append(InputItem(spec))
+        elif glob.has_magic(spec):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not found:
+                items.append(InputItem(spec, error=f"{spec}: pattern matches no file"))
+            items.extend(InputItem(path) for path in found)
+        else:
+            items.append(InputItem(spec, error=f"{spec}: file not found"))
+    return items
+
+
+def iter_video_frames(path, every=1):
+    """Yield ``(frame_index, bgr_image)`` for every ``every``-th frame, decoding one frame at a time."""
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ImageError(f"{path}: cannot open as a video")
+    try:
+        index = 0
+        while True:
+            if index % every == 0:
+                ok, frame = capture.read()
+            else:
+                ok = capture.grab()
+                frame = None
+            if not ok:
+                if index == 0:
+                    raise ImageError(f"{path}: video holds no readable frame")
+                break
+            if frame is not None:
+                yield index, frame
+            index += 1
+    finally:
+        capture.release()
+
+
+def output_name(item, frame=None, suffix=".jpg"):
+    """A relative output file name for an item that can never leave the output folder."""
+    rel = os.path.relpath(item.path, item.root) if item.root else os.path.basename(item.path)
+    parts = [p for p in os.path.normpath(rel).split(os.sep) if p not in ("", ".", "..")]
+    stem = os.path.splitext(os.path.join(*parts) if parts else "image")[0]
+    if frame is not None:
+        stem += f"_f{frame:06d}"
+    return stem + suffix

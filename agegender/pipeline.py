@@ -1,0 +1,114 @@
+"""The whole pipeline as a Python API: detect faces, align them, estimate age and gender.
+
+Example::
+
+    from agegender.pipeline import FaceAnalyzer
+    from agegender.image import read_image
+
+    analyzer = FaceAnalyzer()                      # shipped model, MTCNN, CPU (or GPU 0 if present)
+    image, _ = read_image("sample-images/astronaut.jpg")
+    for face in analyzer.analyze(image):
+        print(face["bbox"], face["age"], face["gender"])
+"""
+import cv2
+
+from . import config
+from .align import align_face
+from .errors import AgeGenderError
+from .model import AgeGenderModel, get_context
+
+DETECTORS = {0: "mtcnn", 1: "essh"}
+
+
+def create_detector(det=0, ctx=None, mtcnn_model=None, essh_model=None, threshold=None, min_face=None):
+    """Build the face detector: ``det=0`` MTCNN, ``det=1`` ESSH/RetinaFace.
+
+    ``threshold`` is MTCNN's last-stage (ONet) threshold or ESSH's score threshold; ``min_face`` is
+    MTCNN's minimum face size in pixels.
+    """
+    if det == 0:
+        from mtcnn import MtcnnDetector
+        thresholds = list(config.MTCNN_THRESHOLDS)
+        if threshold is not None:
+            thresholds[-1] = threshold
+        return MtcnnDetector(model_dir=mtcnn_model or config.MTCNN_MODEL_DIR, ctx=ctx,
+                             min_face=min_face or config.MTCNN_MIN_FACE, thresholds=tuple(thresholds))
+    if det == 1:
+        from essh import ESSHDetector
+        return ESSHDetector(model=essh_model or config.ESSH_DEFAULT_MODEL, ctx=ctx)
+    raise AgeGenderError(f"--det {det}: unknown detector (0 = MTCNN, 1 = ESSH)")
+
+
+class FaceAnalyzer:
+    """Load the age/gender model and a detector once; call :meth:`analyze` per image.
+
+    ``model`` is ``"prefix,epoch"`` of an age/gender checkpoint; ``det`` 0 = MTCNN, 1 = ESSH, ``None``
+    for aligned faces only; ``gpu`` < 0 forces the CPU (a GPU is used only when MXNet sees one).
+    """
+
+    def __init__(self, model=config.DEFAULT_MODEL, det=0, gpu=-1, mtcnn_model=None, essh_model=None,
+                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64):
+        self.ctx = get_context(gpu)
+        self.image_size = tuple(image_size)
+        self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size)
+        self.det = det
+        self.detector_name = DETECTORS.get(det, "aligned")
+        self.threshold = threshold
+        self.detector = None if det is None else create_detector(det, self.ctx, mtcnn_model, essh_model,
+                                                                 threshold, min_face)
+
+    def detect(self, image):
+        """Return ``(boxes (N,5), landmarks (N,5,2))`` for a BGR uint8 image."""
+        if self.detector is None:
+            raise AgeGenderError("this analyzer was built without a detector (det=None)")
+        if self.det == 1 and self.threshold is not None:
+            return self.detector.detect(image, threshold=self.threshold)
+        return self.detector.detect(image)
+
+    def analyze(self, image, raw=False):
+        """Detect, align and estimate every face of one BGR image; returns a list of face dicts."""
+        return self.analyze_many([image], raw=raw)[0]
+
+    def analyze_many(self, images, raw=False, scales=None):
+        """Analyze several images with one shared forward batch; returns one face list per image.
+
+        ``scales`` (one per image, default 1) multiplies coordinates, for images decoded at reduced size.
+        """
+        detections = [self.detect(image) for image in images]
+        crops = [align_face(image, points, self.image_size)
+                 for image, (_, landmarks) in zip(images, detections) for points in landmarks]
+        estimates, fc1 = self.model.predict(crops)
+        results, k = [], 0
+        for i, (boxes, landmarks) in enumerate(detections):
+            scale = 1.0 if scales is None else float(scales[i])
+            faces = []
+            for box, points in zip(boxes, landmarks):
+                face = {
+                    "bbox": [round(float(v) * scale, 2) for v in box[:4]],
+                    "score": round(float(box[4]), 6),
+                    "landmarks": [[round(float(x) * scale, 2), round(float(y) * scale, 2)] for x, y in points],
+                }
+                face.update(estimates[k])
+                if raw:
+                    face["fc1"] = [float(v) for v in fc1[k]]
+                faces.append(face)
+                k += 1
+            results.append(faces)
+        return results
+
+    def analyze_aligned(self, faces_bgr, raw=False):
+        """Estimate age and gender for already aligned faces (resized to the network input if needed)."""
+        height, width = self.image_size
+        crops = [face if face.shape[:2] == (height, width) else cv2.resize(face, (width, height))
+                 for face in faces_bgr]
+        estimates, fc1 = self.model.predict(crops)
+        results = []
+        for k, estimate in enumerate(estimates):
+            face = {"bbox": [0.0, 0.0, float(faces_bgr[k].shape[1]), float(faces_bgr[k].shape[0])],
+                    "score": None, "landmarks": None}
+            face.update(estimate)
+            if raw:
+                face["fc1"] = [float(v) for v in fc1[k]]
+            results.append([face])
+        return results
+

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Estimate age and gender of every face in images, folders, glob patterns or videos.
+
+    python test.py                                   # the sample image, shipped model, MTCNN
+    python test.py photos/ --json faces.json --output annotated/
+    python test.py --det 1 --image group.jpg --output group_annotated.jpg
+"""
+import argparse
+import os
+import sys
+
+from agegender import config
+from agegender.errors import AgeGenderError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns or videos")
+    parser.add_argument("--image", nargs="+", default=[], help="input image(s); same as positional inputs")
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="age/gender checkpoint 'prefix,epoch'")
+    parser.add_argument("--gpu", type=int, default=0,
+                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
+    parser.add_argument("--det", type=int, default=0, choices=[0, 1], help="0 = MTCNN, 1 = ESSH/RetinaFace")
+    parser.add_argument("--image-size", default="112,112", help="aligned face size 'height,width'")
+    parser.add_argument("--mtcnn-model", default=None, help="folder with MTCNN det1..det3 (+det4) checkpoints")
+    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch'")
+    parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 112x112 faces")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="detector score threshold (MTCNN last stage, ESSH score)")
+    parser.add_argument("--min-face", type=int, default=None, help="MTCNN minimum face size in pixels")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces per forward batch")
+    parser.add_argument("--images-per-batch", type=int, default=8, help="images whose faces share a batch")
+    parser.add_argument("--every", type=int, default=1, help="videos: process every N-th frame")
+    parser.add_argument("--output", default=None, help="annotated picture (one input) or folder (several)")
+    parser.add_argument("--json", default=None, help="write results as a JSON array ('-' = stdout)")
+    parser.add_argument("--csv", default=None, help="write one CSV row per face ('-' = stdout)")
+    parser.add_argument("--raw", action="store_true", help="add the 202 raw fc1 values per face to the JSON")
+    parser.add_argument("--show", action="store_true", help="show each annotated picture in a window")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.inputs = list(args.inputs) + list(args.image)
+    if not args.inputs:
+        args.inputs = [config.DEFAULT_IMAGE]
+        if not (args.output or args.json or args.csv or args.show):
+            stem = os.path.splitext(os.path.basename(config.DEFAULT_IMAGE))[0]
+            args.output = os.path.join("output", f"{stem}_annotated.jpg")
+            args.json = os.path.join("output", f"{stem}.json")
+    try:
+        height, width = (int(v) for v in args.image_size.split(","))
+    except ValueError:
+        parser.error(f"--image-size {args.image_size}: expected 'height,width'")
+    args.image_size = (height, width)
+    for name in ("batch_size", "images_per_batch", "every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.min_face is not None and args.min_face < 1:
+        parser.error("--min-face must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        from agegender.pipeline import FaceAnalyzer
+        from agegender.runner import run
+        analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
+                                mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
+                                threshold=args.threshold, min_face=args.min_face,
+                                image_size=args.image_size, batch_size=args.batch_size)
+        return run(analyzer, args)
+    except AgeGenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
