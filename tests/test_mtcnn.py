@@ -1,0 +1,132 @@
+"""MTCNN detector: golden references of the original code, robustness, checkpoint errors."""
+import json
+import os
+import shutil
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+from agegender.align import align_face
+from agegender.errors import CheckpointError
+from agegender.model import AgeGenderModel
+from mtcnn import MtcnnDetector
+
+SMALL_IMAGES = ["test1.jpg", "test2.jpg", "test.jpg", "Tom_Hanks_54745.png"]
+LARGE_IMAGES = ["oscar1.jpg", "t2.jpg"]
+
+
+@pytest.fixture(scope="module")
+def original_detector(original_mtcnn_dir):
+    return MtcnnDetector(model_dir=original_mtcnn_dir, ctx=mx.cpu(), min_face=20, thresholds=(0.6, 0.7, 0.8),
+                         factor=0.709, accurate_landmark=True)
+
+
+@pytest.fixture(scope="module")
+def age_gender_model(original_model):
+    return AgeGenderModel(original_model)
+
+
+def _reference(reference_dir, image_name):
+    with open(os.path.join(reference_dir, os.path.splitext(image_name)[0] + ".json")) as f:
+        faces = json.load(f)["faces"]
+    boxes = np.array([face["bbox_x1y1x2y2"] for face in faces]).reshape(-1, 4)
+    landmarks = np.array([face["landmarks_5x2"] for face in faces]).reshape(-1, 5, 2)
+    return faces, boxes, landmarks
+
+
+def _check_against_reference(detector, model, sample_images_dir, reference_dir, image_name):
+    image = cv2.imread(os.path.join(sample_images_dir, image_name))
+    boxes, landmarks = detector.detect(image)
+    faces, ref_boxes, ref_landmarks = _reference(reference_dir, image_name)
+    assert boxes.shape == (len(faces), 5) and landmarks.shape == (len(faces), 5, 2)
+    assert boxes.dtype == np.float64 and landmarks.dtype == np.float64
+    np.testing.assert_allclose(boxes[:, :4], ref_boxes, atol=1.0)
+    np.testing.assert_allclose(landmarks, ref_landmarks, atol=1.0)
+    predictions, _ = model.predict([align_face(image, points) for points in landmarks])
+    assert [p["age"] for p in predictions] == [face["age"] for face in faces]
+    assert [p["gender"] for p in predictions] == ["M" if face["gender"] == 1 else "F" for face in faces]
+
+
+@pytest.mark.parametrize("image_name", SMALL_IMAGES)
+def test_original_weights_reproduce_golden_faces(original_detector, age_gender_model, sample_images_dir,
+                                                  reference_dir, image_name):
+    _check_against_reference(original_detector, age_gender_model, sample_images_dir, reference_dir, image_name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image_name", LARGE_IMAGES)
+def test_original_weights_reproduce_golden_crowds(original_detector, age_gender_model, sample_images_dir,
+                                                   reference_dir, image_name):
+    _check_against_reference(original_detector, age_gender_model, sample_images_dir, reference_dir, image_name)
+
+
+@pytest.fixture(scope="module")
+def portrait(sample_images_dir):
+    return cv2.imread(os.path.join(sample_images_dir, "Tom_Hanks_54745.png"))
+
+
+def test_no_face_gives_empty_arrays(original_detector):
+    boxes, landmarks = original_detector.detect(np.full((200, 300, 3), 127, np.uint8))
+    assert boxes.shape == (0, 5) and landmarks.shape == (0, 5, 2)
+
+
+@pytest.mark.parametrize("shape", [(11, 11, 3), (5, 400, 3), (1, 1, 3), (0, 0, 3), (11, 11)])
+def test_tiny_images_give_empty_arrays(original_detector, shape):
+    boxes, landmarks = original_detector.detect(np.zeros(shape, np.uint8))
+    assert boxes.shape == (0, 5) and landmarks.shape == (0, 5, 2)
+
+
+def test_grey_rgba_and_16_bit_inputs_are_converted(original_detector, portrait):
+    grey = cv2.cvtColor(portrait, cv2.COLOR_BGR2GRAY)
+    expected = original_detector.detect(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    assert len(expected[0]) == 1
+    for variant in (grey, grey[:, :, np.newaxis]):
+        np.testing.assert_array_equal(original_detector.detect(variant)[0], expected[0])
+    bgra = cv2.cvtColor(portrait, cv2.COLOR_BGR2BGRA)
+    np.testing.assert_array_equal(original_detector.detect(bgra)[0], original_detector.detect(portrait)[0])
+    wide = portrait.astype(np.uint16) * 257
+    np.testing.assert_array_equal(original_detector.detect(wide)[0], original_detector.detect(portrait)[0])
+
+
+@pytest.mark.parametrize("image", [np.zeros((50, 50, 3), np.float32), np.zeros((50, 50, 2), np.uint8),
+                                   np.zeros((2, 50, 50, 3), np.uint8)])
+def test_unsupported_inputs_raise_value_error(original_detector, image):
+    with pytest.raises(ValueError, match="MTCNN expects"):
+        original_detector.detect(image)
+
+
+def test_missing_lnet_turns_accurate_landmarks_off(original_mtcnn_dir, tmp_path, portrait):
+    for name in ("det1", "det2", "det3"):
+        for suffix in ("-symbol.json", "-0001.params"):
+            os.symlink(os.path.join(original_mtcnn_dir, name + suffix), tmp_path / (name + suffix))
+    detector = MtcnnDetector(model_dir=str(tmp_path))
+    assert not detector.accurate_landmark
+    boxes, landmarks = detector.detect(portrait)
+    assert boxes.shape == (1, 5) and landmarks.shape == (1, 5, 2)
+
+
+@pytest.mark.parametrize("damage", ["missing_params", "missing_symbol", "wrong_params", "truncated_params"])
+def test_bad_checkpoint_files_raise_checkpoint_error(original_mtcnn_dir, tmp_path, damage):
+    for name in os.listdir(original_mtcnn_dir):
+        shutil.copy(os.path.join(original_mtcnn_dir, name), tmp_path / name)
+    target = tmp_path / "det2-0001.params"
+    if damage == "missing_params":
+        target.unlink()
+    elif damage == "missing_symbol":
+        (tmp_path / "det2-symbol.json").unlink()
+        target = tmp_path / "det2-symbol.json"
+    elif damage == "wrong_params":
+        shutil.copy(tmp_path / "det3-0001.params", target)
+    else:
+        target.write_bytes(target.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as error:
+        MtcnnDetector(model_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(target) in message and "\n" not in message
+
+
+def test_missing_model_dir_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="make models"):
+        MtcnnDetector(model_dir=str(tmp_path / "nowhere"))
