@@ -1,0 +1,350 @@
+"""Build train/val[/test] RecordIO packs of 5-point-aligned 112x112 faces from a labelled source.
+
+    python -m data.prepare SOURCE --out DIR [options]
+
+SOURCE is a UTKFace-style folder, a CSV (path,age,gender[,split]), an IMDB-WIKI .mat or a .rec pack.
+Each image is read, padded, searched with MTCNN (the face nearest the centre is kept), aligned and
+JPEG-encoded by a pool of worker processes; results are appended to a journal in DIR/.prepare so an
+interrupted run resumes where it stopped when the same command is run again. The packs are written
+from the journal at the end, in source order, so every kept image gives exactly one record.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import struct
+import sys
+import time
+import zlib
+from collections import Counter
+
+import cv2
+import numpy as np
+
+from agegender import config
+from agegender.align import align_face
+from agegender.errors import AgeGenderError, DataError, ImageError
+from agegender.image import read_image
+
+from .records import JPEG_QUALITY, PackReader, PackWriter, encode_face
+from .sources import PACK_KEY_SEPARATOR, SPLITS, assign_splits, read_source, young_items
+
+WORK_DIR = ".prepare"
+OK, SKIPPED = 0, 1
+CHUNK = 8                          # images per task sent to a worker
+DEFAULT_PAD = 0.25                 # border added on each side, as a fraction of the image size
+AUTO_MIN_FACE = 0.25               # auto minimum face size, as a fraction of the image's shorter side
+
+log = logging.getLogger("data.prepare")
+
+
+# -- journal ---------------------------------------------------------------------------------------
+class Journal:
+    """Append-only file of per-item results: ``<magic, index, status, length, crc32>`` + payload.
+
+    A torn last entry (the run was killed while writing) is cut off when the journal is reopened.
+    """
+    MAGIC = 0x4A524E4C
+    HEAD = struct.Struct("<IIBII")
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = {}          # item index -> (status, payload offset, payload length)
+        valid_end = 0
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                while True:
+                    head = f.read(self.HEAD.size)
+                    if len(head) < self.HEAD.size:
+                        break
+                    magic, index, status, length, crc = self.HEAD.unpack(head)
+                    payload = f.read(length)
+                    if magic != self.MAGIC or len(payload) < length or zlib.crc32(payload) != crc:
+                        break
+                    self.entries[index] = (status, valid_end + self.HEAD.size, length)
+                    valid_end = f.tell()
+            with open(path, "r+b") as f:
+                f.truncate(valid_end)
+        self._file = open(path, "ab")
+
+    def append(self, index, status, payload):
+        offset = self._file.tell() + self.HEAD.size
+        self._file.write(self.HEAD.pack(self.MAGIC, index, status, len(payload), zlib.crc32(payload)))
+        self._file.write(payload)
+        self.entries[index] = (status, offset, len(payload))
+
+    def flush(self):
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def read(self, index):
+        status, offset, length = self.entries[index]
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return status, f.read(length)
+
+    def close(self):
+        self._file.close()
+
+
+# -- per-image work (runs in the worker processes) -------------------------------------------------
+class FaceAligner:
+    """Read an image, find the face nearest its centre with MTCNN and return the aligned 112x112 crop."""
+
+    def __init__(self, mtcnn_model=config.MTCNN_MODEL_DIR, min_face="auto", pad=DEFAULT_PAD, aligned=False):
+        self.min_face, self.pad, self.aligned = min_face, pad, aligned
+        self.detector = None
+        if not aligned:
+            import mxnet as mx
+            from mtcnn import MtcnnDetector
+            self.detector = MtcnnDetector(model_dir=mtcnn_model, ctx=mx.cpu(), min_face=config.MTCNN_MIN_FACE,
+                                          thresholds=config.MTCNN_THRESHOLDS, factor=config.MTCNN_FACTOR,
+                                          accurate_landmark=True)
+        self._packs = {}
+
+    def load(self, source):
+        """BGR image of a file or of a pack record (``pack.rec#key``)."""
+        pack, sep, key = source.rpartition(PACK_KEY_SEPARATOR)
+        if sep and pack.endswith(".rec"):
+            if pack not in self._packs:
+                self._packs[pack] = PackReader(pack, check_labels=False)
+            return self._packs[pack].read_image(int(key))[1]
+        return read_image(source)[0]
+
+    def __call__(self, source):
+        """Return ``(OK, jpeg bytes)`` or ``(SKIPPED, reason)``."""
+        try:
+            image = self.load(source)
+        except (ImageError, DataError) as exc:
+            return SKIPPED, f"unreadable: {exc}"
+        size = config.IMAGE_SIZE
+        if self.aligned:
+            if image.shape[:2] != size:
+                image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+            return OK, encode_face(image, JPEG_QUALITY)
+        landmarks, padded = self.find_face(image)
+        if landmarks is None:
+            return SKIPPED, "no face found"
+        return OK, encode_face(align_face(padded, landmarks, size), JPEG_QUALITY)
+
+    def find_face(self, image):
+        """Landmarks (5x2) of the face nearest the centre of the padded image, and that image."""
+        height, width = image.shape[:2]
+        border = int(round(self.pad * max(height, width)))
+        padded = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REPLICATE)
+        auto = max(config.MTCNN_MIN_FACE, int(AUTO_MIN_FACE * min(height, width)))
+        first = auto if self.min_face == "auto" else int(self.min_face)
+        for min_face in dict.fromkeys((first, config.MTCNN_MIN_FACE)):   # retry smaller faces once
+            self.detector.min_face = min_face
+            boxes, landmarks = self.detector.detect(padded)
+            if len(boxes):
+                centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+                target = np.array([padded.shape[1], padded.shape[0]]) / 2
+                best = int(np.argmin(np.linalg.norm(centres - target, axis=1)))
+                return landmarks[best], padded
+        return None, padded
+
+
+_aligner = None
+
+
+def _init_worker(options):
+    global _aligner
+    cv2.setNumThreads(1)
+    _aligner = FaceAligner(**options)
+
+
+def _process_chunk(chunk):
+    return [(index, *_aligner(source)) for index, source in chunk]
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _fingerprint(items, options):
+    digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode())
+    for item in items:
+        digest.update(f"{item.source}\t{item.gender}\t{item.age}\t{item.split}\n".encode())
+    return digest.hexdigest()
+
+
+def _open_journal(work, items, options, restart):
+    manifest_path = os.path.join(work, "manifest.json")
+    fingerprint = _fingerprint(items, options)
+    if restart and os.path.isdir(work):
+        shutil.rmtree(work)
+    os.makedirs(work, exist_ok=True)
+    if os.path.exists(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            if json.load(f).get("fingerprint") != fingerprint:
+                raise DataError(f"{work}: holds an unfinished run with another source or settings; "
+                                f"use --restart to discard it")
+    else:
+        with open(manifest_path, "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": fingerprint, "items": len(items), "options": options}, f, indent=1)
+    return Journal(os.path.join(work, "journal.bin"))
+
+
+def run_workers(items, journal, options, workers, progress=True):
+    """Align every item not yet in the journal; returns (processed now, aligned now, seconds spent)."""
+    from tqdm import tqdm
+    todo = [(i, item.source) for i, item in enumerate(items) if i not in journal.entries]
+    chunks = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="img", disable=not progress,
+               smoothing=0.05, dynamic_ncols=True)
+    started = time.time()
+    aligned_now = 0
+    if workers <= 1:
+        _init_worker(options)
+        results = map(_process_chunk, chunks)
+        pool = None
+    else:
+        # Fresh interpreters with one MXNet/OpenMP thread each: the processes share the cores instead.
+        for name in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (options,))
+        results = pool.imap_unordered(_process_chunk, chunks)
+    try:
+        for chunk_results in results:
+            for index, status, payload in chunk_results:
+                journal.append(index, status, payload if status == OK else payload.encode("utf-8"))
+                aligned_now += status == OK
+                if status != OK:
+                    log.info("skipped %s: %s", items[index].source, payload)
+            journal.flush()
+            bar.update(len(chunk_results))
+            bar.set_postfix(faces_per_s=f"{aligned_now / max(time.time() - started, 1e-9):.1f}")
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    finally:
+        bar.close()
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return len(todo), aligned_now, time.time() - started
+
+
+def write_packs(items, journal, out_dir, rejected):
+    """Write the split packs and skipped.csv from a complete journal; returns {split: count}, skip reasons."""
+    counts, reasons = Counter(), Counter(reason for _, reason in rejected)
+    skipped_rows = list(rejected)
+    for split in SPLITS:
+        indices = [i for i, item in enumerate(items) if item.split == split]
+        if not indices:
+            continue
+        with PackWriter(os.path.join(out_dir, split)) as writer:
+            for index in indices:
+                status, payload = journal.read(index)
+                if status == OK:
+                    writer.write(payload, items[index].gender, items[index].age)
+                else:
+                    reason = payload.decode("utf-8")
+                    skipped_rows.append((items[index].source, reason))
+                    reasons[reason.split(":")[0]] += 1
+            counts[split] = writer.count
+    with open(os.path.join(out_dir, "skipped.csv"), "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("path", "reason")] + skipped_rows)
+    return counts, reasons
+
+
+def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, workers=None, mtcnn_model=None,
+            min_face="auto", pad=DEFAULT_PAD, aligned=False, min_face_score=1.0, swap_labels=False,
+            add_young=(), young_max_age=20, restart=False, keep_work=False, progress=True):
+    """Run the whole preparation (see the module docstring); returns a summary dict."""
+    os.makedirs(out_dir, exist_ok=True)
+    items, rejected = read_source(source, min_face_score=min_face_score, age_first=swap_labels)
+    items = assign_splits(items, val_fraction, test_fraction, seed)
+    items += young_items(add_young, young_max_age, age_first=swap_labels)
+    if not items:
+        raise DataError(f"{source}: no usable images (see {os.path.join(out_dir, 'skipped.csv')})")
+    options = {"mtcnn_model": os.path.abspath(mtcnn_model or config.MTCNN_MODEL_DIR), "min_face": min_face,
+               "pad": pad, "aligned": aligned}
+    work = os.path.join(out_dir, WORK_DIR)
+    journal = _open_journal(work, items, options, restart)
+    resumed = len(journal.entries)
+    log.info("%s: %d images (%d already done), %d rejected by labels/cleaning", source, len(items), resumed,
+             len(rejected))
+    try:
+        processed, aligned_now, seconds = run_workers(items, journal, options, workers or os.cpu_count() or 1,
+                                                      progress)
+        counts, reasons = write_packs(items, journal, out_dir, rejected)
+    finally:
+        journal.close()
+    if not keep_work:
+        shutil.rmtree(work)
+    summary = {"source": source, "out": out_dir, "records": dict(counts), "skipped": dict(reasons),
+               "resumed_from": resumed, "processed_now": processed, "seconds": round(seconds, 1),
+               "faces_per_s": round(aligned_now / seconds, 2) if seconds > 0 else None}
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="UTKFace-style folder, .csv (path,age,gender[,split]), IMDB-WIKI .mat or .rec")
+    parser.add_argument("--out", required=True, help="output folder for train/val[/test].rec + .idx")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="random val share when the source has no split")
+    parser.add_argument("--test-fraction", type=float, default=0.0, help="random test share (writes test.rec)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (default: all cores)")
+    parser.add_argument("--mtcnn-model", default=None, help=f"MTCNN folder (default {config.MTCNN_MODEL_DIR})")
+    parser.add_argument("--min-face", default="auto",
+                        help="MTCNN minimum face in px; 'auto' = a quarter of the image's shorter side (>= 20), "
+                             "retried at 20 when nothing is found")
+    parser.add_argument("--pad", type=float, default=DEFAULT_PAD,
+                        help="replicated border on each side before detection, fraction of the image size")
+    parser.add_argument("--aligned", action="store_true", help="images are already aligned: no detection, "
+                                                               "only resized to 112x112 and re-encoded")
+    parser.add_argument("--min-face-score", type=float, default=1.0, help=".mat cleaning: minimum face_score")
+    parser.add_argument("--swap-labels", action="store_true",
+                        help="input packs hold [age, gender] labels (SSR-Net style) instead of [gender, age]")
+    parser.add_argument("--add-young", nargs="+", default=(), metavar="PACK",
+                        help="append the under-age records of these packs to train with gender unknown (9999)")
+    parser.add_argument("--young-max-age", type=int, default=20, help="--add-young takes ages below this")
+    parser.add_argument("--restart", action="store_true", help="discard an unfinished run in --out")
+    parser.add_argument("--keep-work", action="store_true", help=f"keep the journal in OUT/{WORK_DIR}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.min_face != "auto":
+        try:
+            args.min_face = int(args.min_face)
+        except ValueError:
+            parser.error(f"--min-face must be 'auto' or a number of pixels, got {args.min_face!r}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    logging.basicConfig(filename=os.path.join(args.out, "prepare.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        summary = prepare(args.source, args.out, args.val_fraction, args.test_fraction, args.seed, args.workers,
+                          args.mtcnn_model, args.min_face, args.pad, args.aligned, args.min_face_score,
+                          args.swap_labels, args.add_young, args.young_max_age, args.restart, args.keep_work,
+                          progress=not args.quiet)
+    except AgeGenderError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to resume ({args.out}/{WORK_DIR} keeps the work done)",
+              file=sys.stderr)
+        return 130
+    log.info("summary %s", json.dumps(summary))
+    records = ", ".join(f"{split} {n}" for split, n in summary["records"].items())
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items()) or "none"
+    print(f"wrote {records} records to {args.out}; skipped: {skipped} (list in {args.out}/skipped.csv)")
+    print(f"{summary['processed_now']} images processed in {summary['seconds']} s: "
+          f"{summary['faces_per_s']} aligned faces/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
