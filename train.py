@@ -1,0 +1,263 @@
+"""Train the age/gender network on RecordIO packs of aligned faces (SPEC §4, bugs fixed).
+
+Example (the shipped model's architecture, on the CPU):
+
+    python train.py --data-dir work-data/utkface --prefix runs/m1/model --network m1 --multiplier 0.25 \
+        --end-epoch 30 --lr 0.1 --lr-schedule cosine --warmup 500
+
+Reads ``<data-dir>/train.rec`` (and ``val.rec`` if present, evaluated after every epoch in inference mode).
+Writes ``<prefix>-symbol.json`` (cut at fc1_output) and ``<prefix>-EEEE.params`` for epochs 1, 2, ...,
+plus the optimizer and trainer state that ``--resume`` continues from. Devices: ``--gpus 0,1``, else
+``$CUDA_VISIBLE_DEVICES``, else the CPU. CPU speed: set ``OMP_NUM_THREADS`` to the number of cores
+(``MXNET_CPU_WORKER_NTHREADS`` 1 or 2 is enough; images are decoded in the iterator's own thread).
+"""
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+import symbols
+from agegender import config
+from agegender.checkpoint import load_checkpoint, parse_model_spec, save_checkpoint
+from agegender.errors import AgeGenderError
+from agegender.losses import get_loss_symbol
+from agegender.metrics import AgeGenderMetric
+from agegender.training import (LRSchedule, default_lr_steps, find_resume_epoch, get_devices, initializer_for,
+                                load_trainer_state, parse_lr_steps, save_trainer_state, state_paths)
+from data.iterator import FaceImageIter
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv=None):
+    """Command-line options (the original's, plus the trainer's own; see README)."""
+    p = argparse.ArgumentParser(description="Train the age/gender network.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="folder with train.rec/.idx and optionally val.rec/.idx")
+    p.add_argument("--prefix", default="runs/model/model", help="checkpoint prefix (its folder is created)")
+    p.add_argument("--pretrained", default="", help="'prefix,epoch' to warm-start from (missing layers initialised)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint under --prefix (same schedule, optimizer state)")
+    p.add_argument("--ckpt", type=int, default=1, choices=(0, 1, 2),
+                   help="0: never save; 1 or 2: save after every epoch and when stopping")
+    p.add_argument("--max-steps", type=int, default=0, help="stop (and save) after this many batches in all (0: off)")
+    p.add_argument("--end-epoch", type=int, default=30, help="last epoch (epochs are numbered from 1)")
+    p.add_argument("--network", default="m1", help="m1 (MobileNet) or r<depth> (ResNet)")
+    p.add_argument("--image-size", default="112,112", help="square input size 'H,W'")
+    p.add_argument("--version-input", type=int, default=1)
+    p.add_argument("--version-output", default="GAP", help="head type (GAP, E, GDC, ...)")
+    p.add_argument("--version-act", default="prelu", help="activation of the head")
+    p.add_argument("--multiplier", type=float, default=0.25, help="MobileNet width multiplier")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "nadam"))
+    p.add_argument("--lr", type=float, default=0.1, help="base learning rate")
+    p.add_argument("--lr-schedule", default="step", choices=("step", "cosine"))
+    p.add_argument("--lr-steps", default="",
+                   help="global batch counts at which the lr is divided by 10 (empty: 50%% and 75%% of the run)")
+    p.add_argument("--warmup", type=int, default=0, help="batches of linear learning-rate warm-up")
+    p.add_argument("--wd", type=float, default=0.0005, help="weight decay")
+    p.add_argument("--mom", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--per-batch-size", type=int, default=128, help="batch per device (0: 128)")
+    p.add_argument("--rand-mirror", type=int, default=1, help="random horizontal flips (1) or not (0)")
+    p.add_argument("--cutoff", type=int, default=0, help="cutout square size (0: off)")
+    p.add_argument("--color", type=int, default=0, help="colour jitter: 1 brightness/contrast/saturation, 2 + JPEG")
+    p.add_argument("--rand-crop", type=float, default=0.0, help="random scale/shift jitter amount (0: off)")
+    p.add_argument("--gender-weight", type=float, default=10.0,
+                   help="weight of the gender loss against the sum of the 100 age losses")
+    p.add_argument("--age-smoothing", type=float, default=0.0, help="label smoothing of the ordinal age targets")
+    p.add_argument("--gpus", default=None, help="GPU ids '0,1' (default: $CUDA_VISIBLE_DEVICES, else CPU)")
+    p.add_argument("--kvstore", default="device", help="local, device, dist_sync, dist_async, ...")
+    p.add_argument("--frequent", type=int, default=20, help="log a progress line every this many batches")
+    p.add_argument("--log", default="", help="log file (default: <prefix>.log)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (shuffling, augmentation, initialisation)")
+    args = p.parse_args(argv)
+    if args.per_batch_size <= 0:
+        args.per_batch_size = 128
+    size = [int(x) for x in args.image_size.split(",")]
+    if len(size) != 2 or size[0] != size[1]:
+        p.error(f"--image-size {args.image_size}: must be square 'S,S'")
+    args.data_shape = (3, size[0], size[1])
+    if len(args.data_dir.split(",")) != 1:
+        p.error("--data-dir: give one folder")
+    return args
+
+
+def setup_logging(path):
+    """Log to stdout and to ``path`` (appending, so a resumed run continues the same file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(path)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+def format_metrics(values):
+    """One-line text of a metrics dict."""
+    def fmt(key, spec):
+        value = values.get(key)
+        return f"{key} {value:{spec}}" if value is not None else f"{key} -"
+    return " ".join([fmt("gender_loss", ".4f"), fmt("age_loss", ".3f"), fmt("gender_acc", ".4f"),
+                     fmt("mae", ".3f"), fmt("cs5", ".4f"), fmt("mae_expected", ".3f")])
+
+
+def evaluate(module, data_iter):
+    """Inference-mode pass over ``data_iter`` (BatchNorm uses its moving statistics); returns metrics."""
+    metric = AgeGenderMetric()
+    data_iter.reset()
+    for batch in data_iter:
+        module.forward(batch, is_train=False)
+        metric.update(batch.label[0].asnumpy(), module.get_outputs()[2].asnumpy(), batch.pad)
+    return metric.get()
+
+
+def build_module(args, devices):
+    """The training symbol (fc1 + loss heads) in a Module, and the bare fc1 symbol that checkpoints hold."""
+    fc1 = symbols.get_symbol(args.network, num_classes=config.FC1_SIZE, multiplier=args.multiplier,
+                             version_input=args.version_input, version_output=args.version_output,
+                             version_act=args.version_act)
+    train_sym = get_loss_symbol(fc1, gender_weight=args.gender_weight, age_smoothing=args.age_smoothing)
+    module = mx.mod.Module(train_sym, data_names=["data"], label_names=["softmax_label"], context=devices)
+    return module, fc1
+
+
+def make_optimizer(args, schedule, begin_step, num_devices):
+    """SGD (momentum) / Adam / Nadam with the schedule, continuing from global step ``begin_step``."""
+    common = dict(learning_rate=schedule.base_lr, wd=args.wd, lr_scheduler=schedule,
+                  rescale_grad=1.0 / num_devices, begin_num_update=begin_step)
+    if args.optimizer == "sgd":
+        return mx.optimizer.create("sgd", momentum=args.mom, **common)
+    return mx.optimizer.create(args.optimizer, **common)
+
+
+def train(args):
+    """Run the training described by ``args``; returns the summary dict (best epoch, last epoch, steps)."""
+    prefix = args.prefix
+    setup_logging(args.log or prefix + ".log")
+    devices = get_devices(args.gpus)
+    batch_size = args.per_batch_size * len(devices)
+    log.info("command: %s", " ".join(sys.argv))
+    log.info("devices %s, batch %d (%d per device)", devices, batch_size, args.per_batch_size)
+    if args.seed is not None:
+        mx.random.seed(args.seed)
+        np.random.seed(args.seed)
+
+    train_rec = os.path.join(args.data_dir, "train.rec")
+    val_rec = os.path.join(args.data_dir, "val.rec")
+    train_iter = FaceImageIter(train_rec, batch_size, data_shape=args.data_shape, shuffle=True,
+                               rand_mirror=bool(args.rand_mirror), color_jitter=args.color, cutoff=args.cutoff,
+                               rand_crop=args.rand_crop, seed=args.seed)
+    val_iter = (FaceImageIter(val_rec, batch_size, data_shape=args.data_shape) if os.path.isfile(val_rec) else None)
+    steps_per_epoch = math.ceil(train_iter.num_samples / batch_size)
+    log.info("train %s: %d faces, %d batches per epoch; val: %s", train_rec, train_iter.num_samples,
+             steps_per_epoch, f"{val_iter.num_samples} faces" if val_iter else "none")
+
+    module, fc1 = build_module(args, devices)
+    module.bind(data_shapes=train_iter.provide_data, label_shapes=train_iter.provide_label)
+
+    epoch, global_step, best = 0, 0, None
+    resume_epoch = find_resume_epoch(prefix) if args.resume else None
+    if args.resume and resume_epoch is None:
+        log.info("--resume: no complete checkpoint under %s, starting from scratch", prefix)
+    if resume_epoch is not None:
+        state = load_trainer_state(prefix, resume_epoch)
+        _, arg_params, aux_params = load_checkpoint(prefix, resume_epoch)
+        module.init_params(arg_params=arg_params, aux_params=aux_params, allow_missing=False)
+        epoch, global_step, best = state["epoch"], state["global_step"], state.get("best")
+        schedule = LRSchedule.from_dict(state["schedule"])
+        log.info("resuming from %s-%04d: epoch %d done, global step %d", prefix, epoch, epoch, global_step)
+    else:
+        arg_params = aux_params = None
+        if args.pretrained:
+            pre_prefix, pre_epoch = parse_model_spec(args.pretrained)
+            _, arg_params, aux_params = load_checkpoint(pre_prefix, pre_epoch)
+            log.info("warm start from %s", args.pretrained)
+        module.init_params(initializer=initializer_for(args.network), arg_params=arg_params, aux_params=aux_params,
+                           allow_missing=True, allow_extra=True)
+        total_steps = args.end_epoch * steps_per_epoch
+        if args.max_steps > 0:
+            total_steps = min(total_steps, args.max_steps)
+        lr_steps = parse_lr_steps(args.lr_steps)
+        if args.lr_schedule == "step" and not lr_steps:
+            lr_steps = default_lr_steps(total_steps)
+        schedule = LRSchedule(args.lr, total_steps, mode=args.lr_schedule, lr_steps=lr_steps, warmup=args.warmup)
+    log.info("schedule %s", schedule.to_dict())
+
+    module.init_optimizer(kvstore=args.kvstore,
+                          optimizer=make_optimizer(args, schedule, global_step, len(devices)))
+    if resume_epoch is not None:
+        module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
+
+    metric = AgeGenderMetric()
+    stop = args.max_steps > 0 and global_step >= args.max_steps
+    while not stop and epoch < args.end_epoch:
+        epoch += 1
+        metric.reset()
+        train_iter.reset()
+        tic = window_tic = time.time()
+        window_samples = 0
+        for nbatch, batch in enumerate(train_iter, 1):
+            module.forward_backward(batch)
+            module.update()
+            global_step += 1
+            metric.update(batch.label[0].asnumpy(), module.get_outputs()[2].asnumpy(), batch.pad)
+            window_samples += batch_size - batch.pad
+            if nbatch % args.frequent == 0 or nbatch == steps_per_epoch:
+                speed = window_samples / max(time.time() - window_tic, 1e-9)
+                log.info("Epoch[%d] Batch[%d/%d] step %d lr %.5g %.1f img/s %s", epoch, nbatch, steps_per_epoch,
+                         global_step, schedule(global_step), speed, format_metrics(metric.get()))
+                window_tic, window_samples = time.time(), 0
+            if args.max_steps > 0 and global_step >= args.max_steps:
+                stop = True
+                break
+        train_metrics = metric.get()
+        log.info("Epoch[%d] train %s (%.1f s)", epoch, format_metrics(train_metrics), time.time() - tic)
+        val_metrics = evaluate(module, val_iter) if val_iter else None
+        if val_metrics:
+            log.info("Epoch[%d] val   %s gender_acc_by_gender %s", epoch, format_metrics(val_metrics),
+                     val_metrics["gender_acc_by_gender"])
+            if best is None or val_metrics["mae"] < best["mae"]:
+                best = {"epoch": epoch, "mae": val_metrics["mae"], "gender_acc": val_metrics["gender_acc"]}
+        if args.ckpt:
+            save_epoch(module, fc1, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics, args)
+    if best:
+        log.info("best epoch by val MAE: %d (MAE %.3f, gender acc %s) -> model %s,%d", best["epoch"], best["mae"],
+                 best["gender_acc"], prefix, best["epoch"])
+    train_iter.close()
+    if val_iter:
+        val_iter.close()
+    return {"epoch": epoch, "global_step": global_step, "best": best}
+
+
+def save_epoch(module, fc1, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics, args):
+    """Save the fc1 network, the optimizer states and the trainer state of ``epoch``."""
+    arg_params, aux_params = module.get_params()
+    save_checkpoint(prefix, epoch, fc1, arg_params, aux_params)
+    state = {"global_step": global_step, "schedule": schedule.to_dict(), "best": best,
+             "train": _scalars(train_metrics), "val": _scalars(val_metrics) if val_metrics else None,
+             "args": {k: v for k, v in vars(args).items() if k != "data_shape"}}
+    save_trainer_state(prefix, epoch, module, state)
+    log.info("saved %s-%04d.params", prefix, epoch)
+
+
+def _scalars(values):
+    return {k: v for k, v in values.items() if not isinstance(v, dict)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except AgeGenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
