@@ -24,6 +24,9 @@ PNET_STRIDE = 2
 LNET_OUTLIER = 0.35
 # RNet/ONet/LNet batches are padded up to a power of two (at most MAX_BATCH) so few executors are bound.
 MAX_BATCH = 256
+# MKL-DNN pools 10- or 28-channel maps several times slower than 16- or 32-channel ones, so the first
+# conv of these networks runs with extra all-zero filters (see widen_first_conv).
+WIDE_CONV1_FILTERS = {"det1": 16, "det2": 32, "det4": 32}
 # PNet executors are cached per pyramid level shape; beyond this many input pixels the oldest go.
 PNET_CACHE_PIXELS = 40_000_000
 
@@ -32,7 +35,8 @@ def load_network(model_dir, name):
     """Load ``<model_dir>/<name>-symbol.json`` + ``-0001.params`` into the symbol of mtcnn/symbols.py.
 
     The JSON must describe the same parameters as our symbol (checked); the params must match it in
-    shape. Raises CheckpointError naming the file otherwise. Returns ``(symbol, arg_params)``.
+    shape. Raises CheckpointError naming the file otherwise. Returns ``(symbol, arg_params)`` ready to
+    run (conv1 widened, see widen_first_conv).
     """
     build, input_shape = NETWORKS[name]
     prefix = os.path.join(model_dir, name)
@@ -45,7 +49,33 @@ def load_network(model_dir, name):
         missing = sorted(expected - declared) or sorted(declared - expected)
         raise CheckpointError(f"{sym_path}: not an MTCNN {name} network (parameters differ: {', '.join(missing[:3])})")
     check_params_match(symbol, arg_params, aux_params, {"data": input_shape}, params_path)
-    return symbol, arg_params
+    return widen_first_conv(name, arg_params)
+
+
+def widen_first_conv(network, arg_params):
+    """Return ``(symbol, params)`` with conv1 widened to WIDE_CONV1_FILTERS[network] filters.
+
+    The extra filters have zero weights and bias, so they output 0 (and PReLU/pooling keep 0); conv2
+    gets zero weights for them, so the network computes the same function.
+    """
+    build, _ = NETWORKS[network]
+    filters = WIDE_CONV1_FILTERS.get(network)
+    if filters is None:
+        return build(), arg_params
+    params = dict(arg_params)
+    suffixes = ["_1", "_2", "_3", "_4", "_5"] if network == "det4" else [""]
+    for suffix in suffixes:
+        for name, axis in ((f"conv1{suffix}_weight", 0), (f"conv1{suffix}_bias", 0),
+                           (f"prelu1{suffix}_gamma", 0), (f"conv2{suffix}_weight", 1)):
+            params[name] = mx.nd.array(_zero_pad(arg_params[name].asnumpy(), axis, filters))
+    return build(conv1_filters=filters), params
+
+
+def _zero_pad(array, axis, size):
+    """Append zeros along ``axis`` up to ``size``."""
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths)
 
 
 class _BoundNetwork:
@@ -107,19 +137,28 @@ def nms(boxes, threshold, mode="union"):
     """
     x1, y1, x2, y2, scores = (boxes[:, i] for i in range(5))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(scores)
+    # Only boxes whose x-range meets the kept box's can overlap it: find them by binary search on x1.
+    by_x1 = np.argsort(x1, kind="stable")
+    sorted_x1 = x1[by_x1]
+    max_width = float((x2 - x1).max()) if len(boxes) else 0.0
+    alive = np.ones(len(boxes), bool)
     keep = []
-    while order.size > 0:
-        best, rest = order[-1], order[:-1]
+    for best in np.argsort(scores)[::-1]:
+        if not alive[best]:
+            continue
         keep.append(best)
-        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
-        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        low = np.searchsorted(sorted_x1, x1[best] - max_width - 1, side="left")
+        high = np.searchsorted(sorted_x1, x2[best] + 1, side="right")
+        near = by_x1[low:high]
+        near = near[alive[near]]
+        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[near]) - np.maximum(x1[best], x1[near]) + 1)
+        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[near]) - np.maximum(y1[best], y1[near]) + 1)
         inter = inter_w * inter_h
         if mode == "min":
-            overlap = inter / np.minimum(areas[best], areas[rest])
+            overlap = inter / np.minimum(areas[best], areas[near])
         else:
-            overlap = inter / (areas[best] + areas[rest] - inter)
-        order = rest[overlap <= threshold]
+            overlap = inter / (areas[best] + areas[near] - inter)
+        alive[near[overlap > threshold]] = False
     return np.array(keep, dtype=np.int64)
 
 

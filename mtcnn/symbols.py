@@ -25,10 +25,13 @@ def _fc_prelu(data, num_hidden, fc_name, prelu_name):
     return mx.sym.LeakyReLU(data=_fc(data, num_hidden, fc_name), act_type="prelu", name=prelu_name)
 
 
-def pnet():
-    """PNet (det1): fully convolutional; outputs [box regression (N,4,H',W'), face probability (N,2,H',W')]."""
+def pnet(conv1_filters=10):
+    """PNet (det1): fully convolutional; outputs [box regression (N,4,H',W'), face probability (N,2,H',W')].
+
+    ``conv1_filters`` above 10 adds filters (see ``detector.widen_first_conv``).
+    """
     data = mx.sym.Variable("data")
-    body = _conv_prelu(data, 10, 3, "1")
+    body = _conv_prelu(data, conv1_filters, 3, "1")
     body = _max_pool(body, 2, "pool1")
     body = _conv_prelu(body, 16, 3, "2")
     body = _conv_prelu(body, 32, 3, "3")
@@ -38,10 +41,10 @@ def pnet():
     return mx.sym.Group([regression, prob])
 
 
-def rnet():
+def rnet(conv1_filters=28):
     """RNet (det2), 3x24x24 input; outputs [box regression (N,4), face probability (N,2)]."""
     data = mx.sym.Variable("data")
-    body = _conv_prelu(data, 28, 3, "1")
+    body = _conv_prelu(data, conv1_filters, 3, "1")
     body = _max_pool(body, 3, "pool1")
     body = _conv_prelu(body, 48, 3, "2")
     body = _max_pool(body, 3, "pool2")
@@ -72,7 +75,7 @@ def onet():
     return mx.sym.Group([landmarks, regression, prob])
 
 
-def lnet():
+def lnet(conv1_filters=28):
     """LNet (det4), 15x24x24 input = five 3-channel patches, one per landmark.
 
     Outputs five (N,2) arrays: the (x, y) of landmark i inside its patch, 0..1.
@@ -81,7 +84,7 @@ def lnet():
     patches = mx.sym.SliceChannel(data=data, num_outputs=5, axis=1, name="slice")
     branches = []
     for i in range(1, 6):
-        body = _conv_prelu(patches[i - 1], 28, 3, f"1_{i}")
+        body = _conv_prelu(patches[i - 1], conv1_filters, 3, f"1_{i}")
         body = _max_pool(body, 3, f"pool1_{i}")
         body = _conv_prelu(body, 48, 3, f"2_{i}")
         body = _max_pool(body, 3, f"pool2_{i}")
