@@ -146,3 +146,93 @@ def test_bad_checkpoint_files_raise_checkpoint_error(original_mtcnn_dir, tmp_pat
 def test_missing_model_dir_raises_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="make models"):
         MtcnnDetector(model_dir=str(tmp_path / "nowhere"))
+
+
+# Default weights converted from the mtcnn==1.0.0 wheel (`make models`).
+
+@pytest.fixture(scope="module")
+def converted_dir():
+    from agegender.config import MTCNN_MODEL_DIR
+    from mtcnn.convert import is_converted
+    if not is_converted(MTCNN_MODEL_DIR):
+        reason = f"{MTCNN_MODEL_DIR}: default MTCNN weights not converted (run `make models`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return MTCNN_MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def converted_detector(converted_dir):
+    return MtcnnDetector(model_dir=converted_dir)
+
+
+def test_first_fc_conversion_matches_keras_flattening():
+    from mtcnn.convert import to_mxnet_layout
+    rng = np.random.default_rng(0)
+    features_hwc = rng.standard_normal((3, 4, 5)).astype(np.float32)       # H=3, W=4, C=5
+    keras_weight = rng.standard_normal((60, 7)).astype(np.float32)
+    # Keras permutes (H, W, C) -> (W, H, C), flattens, then multiplies by the (in, out) kernel.
+    keras_out = features_hwc.transpose(1, 0, 2).reshape(-1) @ keras_weight
+    mx_weight = to_mxnet_layout(keras_weight, "first_fc", (7, 60), fc_input_shape=(5, 3, 4))
+    mx_out = mx_weight @ features_hwc.transpose(2, 0, 1).reshape(-1)
+    np.testing.assert_allclose(mx_out, keras_out, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_conversion_reverses_first_conv_input_channels():
+    from mtcnn.convert import to_mxnet_layout
+    kernel = np.arange(3 * 3 * 3 * 2, dtype=np.float32).reshape(3, 3, 3, 2)   # (kh, kw, in, out)
+    converted = to_mxnet_layout(kernel, "first_conv", (2, 3, 3, 3))
+    np.testing.assert_array_equal(converted[1, 0], kernel[:, :, 2, 1])
+    np.testing.assert_array_equal(to_mxnet_layout(kernel, "conv", (2, 3, 3, 3))[1, 0], kernel[:, :, 0, 1])
+
+
+def test_converted_weights_equal_original_exactly(converted_dir, original_mtcnn_dir):
+    for network in ("det1", "det2", "det3"):
+        converted = mx.nd.load(os.path.join(converted_dir, f"{network}-0001.params"))
+        original = mx.nd.load(os.path.join(original_mtcnn_dir, f"{network}-0001.params"))
+        assert sorted(converted) == sorted(original)
+        for name, array in original.items():
+            np.testing.assert_array_equal(converted[name].asnumpy(), array.asnumpy(), err_msg=f"{network} {name}")
+
+
+def test_convert_default_is_a_no_op_when_converted(converted_dir):
+    from mtcnn.convert import convert_default
+    stamps = {name: os.stat(os.path.join(converted_dir, name)).st_mtime_ns for name in os.listdir(converted_dir)}
+    convert_default(converted_dir)
+    assert stamps == {name: os.stat(os.path.join(converted_dir, name)).st_mtime_ns
+                      for name in os.listdir(converted_dir)}
+
+
+def _iou(boxes_a, boxes_b):
+    """IoU matrix of x1y1x2y2 boxes (continuous coordinates)."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:4], boxes_b[None, :, 2:4])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(boxes_a[:, 2:4] - boxes_a[:, :2], axis=1)
+    area_b = np.prod(boxes_b[:, 2:4] - boxes_b[:, :2], axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _check_converted_finds_reference_faces(detector, sample_images_dir, reference_dir, image_name):
+    assert not detector.accurate_landmark
+    boxes, landmarks = detector.detect(cv2.imread(os.path.join(sample_images_dir, image_name)))
+    _, ref_boxes, _ = _reference(reference_dir, image_name)
+    iou = _iou(ref_boxes, boxes[:, :4]) if len(boxes) else np.zeros((len(ref_boxes), 0))
+    found = (iou >= 0.7).any(axis=1).sum() if iou.size else 0
+    extra = len(boxes) - (iou >= 0.7).any(axis=0).sum() if iou.size else len(boxes)
+    assert found >= 0.95 * len(ref_boxes)
+    assert extra <= 0.05 * len(ref_boxes)
+    assert landmarks.shape == (len(boxes), 5, 2)
+
+
+@pytest.mark.parametrize("image_name", SMALL_IMAGES)
+def test_converted_weights_find_reference_faces(converted_detector, sample_images_dir, reference_dir, image_name):
+    _check_converted_finds_reference_faces(converted_detector, sample_images_dir, reference_dir, image_name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image_name", LARGE_IMAGES)
+def test_converted_weights_find_reference_faces_in_crowds(converted_detector, sample_images_dir, reference_dir,
+                                                          image_name):
+    _check_converted_finds_reference_faces(converted_detector, sample_images_dir, reference_dir, image_name)
