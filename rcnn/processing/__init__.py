@@ -1,0 +1,1 @@
+"""NumPy box processing: anchors, box/landmark decoding, clipping and NMS wrappers."""
