@@ -4,8 +4,10 @@ Reads never execute anything from the files: the symbol is JSON and the params a
 NDArray container. Writes go to a temporary name and are renamed, so a crash or a full disk
 never leaves a half-written checkpoint under the real name.
 """
+import contextlib
 import json
 import os
+import sys
 import tempfile
 
 import mxnet as mx
@@ -36,7 +38,8 @@ def load_symbol(path):
     try:
         with open(path, "r", encoding="utf-8") as f:
             json.load(f)
-        return mx.sym.load(path)
+        with _quiet_native_stderr():
+            return mx.sym.load(path)
     except (ValueError, UnicodeDecodeError, mx.base.MXNetError) as exc:
         raise CheckpointError(f"{path}: not a valid MXNet symbol JSON ({_first_line(exc)})") from None
 
@@ -127,6 +130,20 @@ def _atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence MXNet's C++ log lines (e.g. "Loading symbol saved by previous version") for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _first_line(exc):
