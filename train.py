@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -142,7 +143,9 @@ def train(args):
     devices = get_devices(args.gpus)
     batch_size = args.per_batch_size * len(devices)
     log.info("command: %s", " ".join(sys.argv))
-    log.info("devices %s, batch %d (%d per device)", devices, batch_size, args.per_batch_size)
+    log.info("devices %s, batch %d (%d per device); OMP_NUM_THREADS=%s MXNET_CPU_WORKER_NTHREADS=%s", devices,
+             batch_size, args.per_batch_size, os.environ.get("OMP_NUM_THREADS"),
+             os.environ.get("MXNET_CPU_WORKER_NTHREADS"))
     if args.seed is not None:
         mx.random.seed(args.seed)
         np.random.seed(args.seed)
@@ -188,8 +191,12 @@ def train(args):
         schedule = LRSchedule(args.lr, total_steps, mode=args.lr_schedule, lr_steps=lr_steps, warmup=args.warmup)
     log.info("schedule %s", schedule.to_dict())
 
-    module.init_optimizer(kvstore=args.kvstore,
-                          optimizer=make_optimizer(args, schedule, global_step, len(devices)))
+    with warnings.catch_warnings():
+        # The loss heads already average over each device's batch, so rescale_grad is 1/#devices, not
+        # the 1/batch_size Module expects and warns about.
+        warnings.filterwarnings("ignore", message="Optimizer created manually")
+        module.init_optimizer(kvstore=args.kvstore,
+                              optimizer=make_optimizer(args, schedule, global_step, len(devices)))
     if resume_epoch is not None:
         module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
 
@@ -221,6 +228,10 @@ def train(args):
         if val_metrics:
             log.info("Epoch[%d] val   %s gender_acc_by_gender %s", epoch, format_metrics(val_metrics),
                      val_metrics["gender_acc_by_gender"])
+            if val_metrics["age_loss"] > 3 * train_metrics["age_loss"]:
+                log.warning("Epoch[%d] val loss is far above train loss: inference-mode outputs (BatchNorm moving "
+                            "statistics) lag the weights; expected in the first epochs, otherwise lower --lr or "
+                            "raise --warmup", epoch)
             if best is None or val_metrics["mae"] < best["mae"]:
                 best = {"epoch": epoch, "mae": val_metrics["mae"], "gender_acc": val_metrics["gender_acc"]}
         if args.ckpt:
