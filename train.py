@@ -127,10 +127,14 @@ def build_module(args, devices):
     return module, fc1
 
 
-def make_optimizer(args, schedule, begin_step, num_devices):
-    """SGD (momentum) / Adam / Nadam with the schedule, continuing from global step ``begin_step``."""
+def make_optimizer(args, schedule, begin_step, num_replicas):
+    """SGD (momentum) / Adam / Nadam with the schedule, continuing from global step ``begin_step``.
+
+    The loss heads average over each device's batch, so gradients summed over ``num_replicas``
+    (devices x distributed workers) are divided by that number.
+    """
     common = dict(learning_rate=schedule.base_lr, wd=args.wd, lr_scheduler=schedule,
-                  rescale_grad=1.0 / num_devices, begin_num_update=begin_step)
+                  rescale_grad=1.0 / num_replicas, begin_num_update=begin_step)
     if args.optimizer == "sgd":
         return mx.optimizer.create("sgd", momentum=args.mom, **common)
     return mx.optimizer.create(args.optimizer, **common)
@@ -152,7 +156,11 @@ def train(args):
 
     train_rec = os.path.join(args.data_dir, "train.rec")
     val_rec = os.path.join(args.data_dir, "val.rec")
+    # distributed workers each read their own share of the training pack; only rank 0 saves
+    kvstore = mx.kvstore.create(args.kvstore) if "dist" in args.kvstore else args.kvstore
+    num_workers, rank = (kvstore.num_workers, kvstore.rank) if "dist" in args.kvstore else (1, 0)
     train_iter = FaceImageIter(train_rec, batch_size, data_shape=args.data_shape, shuffle=True,
+                               num_parts=num_workers, part_index=rank,
                                rand_mirror=bool(args.rand_mirror), color_jitter=args.color, cutoff=args.cutoff,
                                rand_crop=args.rand_crop, seed=args.seed)
     val_iter = (FaceImageIter(val_rec, batch_size, data_shape=args.data_shape) if os.path.isfile(val_rec) else None)
@@ -179,7 +187,10 @@ def train(args):
         if args.pretrained:
             pre_prefix, pre_epoch = parse_model_spec(args.pretrained)
             _, arg_params, aux_params = load_checkpoint(pre_prefix, pre_epoch)
-            log.info("warm start from %s", args.pretrained)
+            wanted = set(module._param_names) | set(module._aux_names)
+            missing = sorted(wanted - set(arg_params) - set(aux_params))
+            log.info("warm start from %s: %d of %d arrays loaded, initialised: %s", args.pretrained,
+                     len(wanted) - len(missing), len(wanted), ", ".join(missing) or "none")
         module.init_params(initializer=initializer_for(args.network), arg_params=arg_params, aux_params=aux_params,
                            allow_missing=True, allow_extra=True)
         total_steps = args.end_epoch * steps_per_epoch
@@ -195,8 +206,8 @@ def train(args):
         # The loss heads already average over each device's batch, so rescale_grad is 1/#devices, not
         # the 1/batch_size Module expects and warns about.
         warnings.filterwarnings("ignore", message="Optimizer created manually")
-        module.init_optimizer(kvstore=args.kvstore,
-                              optimizer=make_optimizer(args, schedule, global_step, len(devices)))
+        module.init_optimizer(kvstore=kvstore,
+                              optimizer=make_optimizer(args, schedule, global_step, len(devices) * num_workers))
     if resume_epoch is not None:
         module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
 
@@ -234,7 +245,7 @@ def train(args):
                             "raise --warmup", epoch)
             if best is None or val_metrics["mae"] < best["mae"]:
                 best = {"epoch": epoch, "mae": val_metrics["mae"], "gender_acc": val_metrics["gender_acc"]}
-        if args.ckpt:
+        if args.ckpt and rank == 0:
             save_epoch(module, fc1, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics, args)
     if best:
         log.info("best epoch by val MAE: %d (MAE %.3f, gender acc %s) -> model %s,%d", best["epoch"], best["mae"],
