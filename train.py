@@ -82,6 +82,10 @@ def parse_args(argv=None):
     if len(size) != 2 or size[0] != size[1]:
         p.error(f"--image-size {args.image_size}: must be square 'S,S'")
     args.data_shape = (3, size[0], size[1])
+    try:
+        symbols.parse_network(args.network)
+    except ValueError as exc:
+        p.error(f"--network: {exc}")
     if len(args.data_dir.split(",")) != 1:
         p.error("--data-dir: give one folder")
     return args
