@@ -27,8 +27,9 @@ MAX_BATCH = 256
 # MKL-DNN pools 10- or 28-channel maps several times slower than 16- or 32-channel ones, so the first
 # conv of these networks runs with extra all-zero filters (see widen_first_conv).
 WIDE_CONV1_FILTERS = {"det1": 16, "det2": 32, "det4": 32}
-# PNet executors are cached per pyramid level shape; beyond this many input pixels the oldest go.
-PNET_CACHE_PIXELS = 40_000_000
+# PNet executors are cached per pyramid level shape; beyond this many input values (3 per pixel) the
+# least recently used go. 36M holds the whole pyramid of a 5334x2767 image (about 1.5 GB).
+PNET_CACHE_VALUES = 36_000_000
 
 
 def load_network(model_dir, name):
@@ -79,13 +80,13 @@ def _zero_pad(array, axis, size):
 
 
 class _BoundNetwork:
-    """A network with its parameters on ``ctx`` and executors cached by input shape (LRU by input pixels)."""
+    """A network with its parameters on ``ctx`` and executors cached by input shape (LRU by input size)."""
 
-    def __init__(self, symbol, arg_params, ctx, max_cached_pixels=None):
+    def __init__(self, symbol, arg_params, ctx, max_cached_values=None):
         self.symbol = symbol
         self.ctx = ctx
         self.params = {k: v.as_in_context(ctx) for k, v in arg_params.items()}
-        self.max_cached_pixels = max_cached_pixels
+        self.max_cached_values = max_cached_values
         self._executors = OrderedDict()
 
     def _executor(self, shape):
@@ -97,8 +98,8 @@ class _BoundNetwork:
                 for n in self.symbol.list_arguments()}
         exe = self.symbol.bind(self.ctx, args, grad_req="null")
         self._executors[shape] = exe
-        if self.max_cached_pixels is not None:
-            while len(self._executors) > 1 and sum(np.prod(s) for s in self._executors) > self.max_cached_pixels:
+        if self.max_cached_values is not None:
+            while len(self._executors) > 1 and sum(np.prod(s) for s in self._executors) > self.max_cached_values:
                 self._executors.popitem(last=False)
         return exe
 
@@ -134,32 +135,56 @@ def nms(boxes, threshold, mode="union"):
     Takes the highest score, drops every remaining box whose overlap with it exceeds ``threshold``
     (intersection over union, or over the smaller area with ``mode="min"``), repeats. Returns the kept
     row indices in descending score order; ties resolve as the original (``np.argsort`` of the scores).
+    The overlapping pairs are found up front, vectorised, so the greedy pass itself is cheap.
     """
-    x1, y1, x2, y2, scores = (boxes[:, i] for i in range(5))
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    # Only boxes whose x-range meets the kept box's can overlap it: find them by binary search on x1.
-    by_x1 = np.argsort(x1, kind="stable")
-    sorted_x1 = x1[by_x1]
-    max_width = float((x2 - x1).max()) if len(boxes) else 0.0
+    starts, neighbours = _overlapping_pairs(boxes, threshold, mode)
     alive = np.ones(len(boxes), bool)
     keep = []
-    for best in np.argsort(scores)[::-1]:
-        if not alive[best]:
-            continue
-        keep.append(best)
-        low = np.searchsorted(sorted_x1, x1[best] - max_width - 1, side="left")
-        high = np.searchsorted(sorted_x1, x2[best] + 1, side="right")
-        near = by_x1[low:high]
-        near = near[alive[near]]
-        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[near]) - np.maximum(x1[best], x1[near]) + 1)
-        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[near]) - np.maximum(y1[best], y1[near]) + 1)
-        inter = inter_w * inter_h
-        if mode == "min":
-            overlap = inter / np.minimum(areas[best], areas[near])
-        else:
-            overlap = inter / (areas[best] + areas[near] - inter)
-        alive[near[overlap > threshold]] = False
+    for best in np.argsort(boxes[:, 4])[::-1]:
+        if alive[best]:
+            keep.append(best)
+            alive[neighbours[starts[best]:starts[best + 1]]] = False
     return np.array(keep, dtype=np.int64)
+
+
+def _overlapping_pairs(boxes, threshold, mode, max_pairs=2_000_000):
+    """For each box i, the boxes j whose overlap with it exceeds ``threshold``, as CSR arrays.
+
+    Candidates come from a sweep on x1 within groups of similar width (widths within a factor of two),
+    so a few large boxes do not widen the search window of all the small ones.
+    """
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    width_group = np.floor(np.log2(np.maximum(x2 - x1 + 1, 1))).astype(np.int64)
+    firsts, seconds = [], []
+    for group in np.unique(width_group):
+        members = np.nonzero(width_group == group)[0]
+        members = members[np.argsort(x1[members], kind="stable")]
+        member_x1 = x1[members]
+        widest = float((x2[members] - x1[members]).max())
+        low = np.searchsorted(member_x1, x1 - widest - 1, side="left")
+        high = np.searchsorted(member_x1, x2 + 1, side="right")
+        counts = high - low
+        chunk_starts = np.concatenate([[0], np.nonzero(np.diff(np.cumsum(counts) // max_pairs))[0] + 1])
+        for first_box, last_box in zip(chunk_starts, np.append(chunk_starts[1:], len(boxes))):
+            chunk_counts = counts[first_box:last_box]
+            i = np.repeat(np.arange(first_box, last_box), chunk_counts)
+            offsets = np.arange(len(i)) - np.repeat(np.cumsum(chunk_counts) - chunk_counts, chunk_counts)
+            j = members[np.repeat(low[first_box:last_box], chunk_counts) + offsets]
+            inter = (np.maximum(0.0, np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]) + 1)
+                     * np.maximum(0.0, np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]) + 1))
+            if mode == "min":
+                overlap = inter / np.minimum(areas[i], areas[j])
+            else:
+                overlap = inter / (areas[i] + areas[j] - inter)
+            suppress = (overlap > threshold) & (i != j)
+            firsts.append(i[suppress])
+            seconds.append(j[suppress])
+    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
+    second = np.concatenate(seconds) if seconds else np.zeros(0, np.int64)
+    order = np.argsort(first, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(first, minlength=len(boxes)))])
+    return starts, second[order]
 
 
 def refine(boxes, regression):
@@ -285,7 +310,7 @@ class MtcnnDetector:
         self.factor = factor
         if not os.path.isdir(model_dir):
             raise CheckpointError(f"{model_dir}: MTCNN model folder not found (run `make models`)")
-        self.pnet = _BoundNetwork(*load_network(model_dir, "det1"), self.ctx, PNET_CACHE_PIXELS)
+        self.pnet = _BoundNetwork(*load_network(model_dir, "det1"), self.ctx, PNET_CACHE_VALUES)
         self.rnet = _BoundNetwork(*load_network(model_dir, "det2"), self.ctx)
         self.onet = _BoundNetwork(*load_network(model_dir, "det3"), self.ctx)
         has_lnet = os.path.exists(checkpoint_paths(os.path.join(model_dir, "det4"), EPOCH)[1])

@@ -7,11 +7,13 @@ import cv2
 import mxnet as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from agegender.align import align_face
 from agegender.errors import CheckpointError
 from agegender.model import AgeGenderModel
 from mtcnn import MtcnnDetector
+from mtcnn.detector import nms
 
 SMALL_IMAGES = ["test1.jpg", "test2.jpg", "test.jpg", "Tom_Hanks_54745.png"]
 LARGE_IMAGES = ["oscar1.jpg", "t2.jpg"]
@@ -76,6 +78,35 @@ def test_original_weights_reproduce_golden_faces(original_detector, age_gender_m
 def test_original_weights_reproduce_golden_crowds(original_detector, age_gender_model, sample_images_dir,
                                                    reference_dir, image_name):
     _check_against_reference(original_detector, age_gender_model, sample_images_dir, reference_dir, image_name)
+
+
+def _greedy_nms(boxes, threshold, mode):
+    """Textbook greedy NMS: keep the best remaining box, drop those overlapping it more than threshold."""
+    order = list(np.argsort(boxes[:, 4]))
+    keep = []
+    while order:
+        best = order.pop()
+        keep.append(best)
+        survivors = []
+        for other in order:
+            w = max(0.0, min(boxes[best, 2], boxes[other, 2]) - max(boxes[best, 0], boxes[other, 0]) + 1)
+            h = max(0.0, min(boxes[best, 3], boxes[other, 3]) - max(boxes[best, 1], boxes[other, 1]) + 1)
+            area = [(boxes[k, 2] - boxes[k, 0] + 1) * (boxes[k, 3] - boxes[k, 1] + 1) for k in (best, other)]
+            overlap = w * h / (min(area) if mode == "min" else sum(area) - w * h)
+            if overlap <= threshold:
+                survivors.append(other)
+        order = survivors
+    return keep
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(1, 400), st.integers(1, 400),
+                          st.sampled_from([0.3, 0.6, 0.9, 1.0]), st.floats(0, 0.99)), min_size=0, max_size=60),
+       st.sampled_from([(0.5, "union"), (0.7, "union"), (0.7, "min")]))
+def test_nms_equals_textbook_greedy_nms(rows, setting):
+    threshold, mode = setting
+    boxes = np.array([[x, y, x + w + frac, y + h, score] for x, y, w, h, score, frac in rows]).reshape(-1, 5)
+    assert list(nms(boxes, threshold, mode)) == _greedy_nms(boxes, threshold, mode)
 
 
 @pytest.fixture(scope="module")
