@@ -56,11 +56,11 @@ LAYOUTS = {
 def to_mxnet_layout(array, kind, target_shape, fc_input_shape=None):
     """Convert one Keras array to the MXNet layout of ``target_shape``.
 
-    ``fc_input_shape`` = (C, H, W) of the feature map that the first fc layer flattens.
-
     conv: (kh, kw, in, out) -> (out, in, kh, kw); the first conv also reverses its input channels
     (the wheel feeds RGB, the original BGR). fc: (in, out) -> (out, in); the first fc also re-orders
-    its inputs from the wheel's flattening (Keras permutes to W, H, C before flattening) to MXNet's C, H, W.
+    its inputs from the wheel's flattening (Keras permutes to W, H, C before flattening) to MXNet's
+    C, H, W, with ``fc_input_shape`` = (C, H, W) of the feature map it flattens. PReLU slopes and biases
+    are only reshaped.
     """
     array = np.asarray(array, dtype=np.float32)
     if kind in ("conv", "first_conv"):
