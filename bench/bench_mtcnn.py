@@ -14,7 +14,6 @@ out of the NME). Done for the original checkpoints (with LNet) and the converted
 """
 import argparse
 import contextlib
-import csv
 import json
 import os
 import subprocess
@@ -28,11 +27,11 @@ import numpy as np
 from agegender import config
 from agegender.checkpoint import load_checkpoint
 from agegender.image import read_image
+from bench.common import aflw_nme
 from mtcnn import MtcnnDetector, detector as mtcnn_detector
 from mtcnn.symbols import NETWORKS
 
 SPEED_IMAGES = ("test1.jpg", "oscar1.jpg")
-AFLW_POINTS = ("le", "re", "nose", "ml", "mr")
 ORIGINAL_BATCH = 128   # the legacy FeedForward.predict batch size
 
 
@@ -140,28 +139,6 @@ def measure_speed(model_dir, runs):
     return results
 
 
-def aflw_nme(detector, aflw_dir, limit=None):
-    """Landmark NME (mean, median), detected crops and crops of the detector on AFLW 5-point crops."""
-    with open(os.path.join(aflw_dir, "landmarks5.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))[:limit]
-    errors = []
-    for row in rows:
-        image, _ = read_image(os.path.join(aflw_dir, row["path"]))
-        height, width = image.shape[:2]
-        padded = cv2.copyMakeBorder(image, height, height, width, width, cv2.BORDER_CONSTANT, value=0)
-        boxes, landmarks = detector.detect(padded)
-        if len(boxes) == 0:
-            continue
-        centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
-        nearest = np.argmin(np.hypot(centres[:, 0] - 1.5 * width, centres[:, 1] - 1.5 * height))
-        points = landmarks[nearest] - [width, height]
-        truth = np.array([[float(row[f"{p}_x"]), float(row[f"{p}_y"])] for p in AFLW_POINTS])
-        errors.append(np.hypot(*(points - truth).T).mean() / np.hypot(*(truth[0] - truth[1])))
-    return {"nme_mean": round(float(np.mean(errors)), 4) if errors else None,
-            "nme_median": round(float(np.median(errors)), 4) if errors else None,
-            "detected": len(errors), "crops": len(rows)}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("speed", "nme", "all"), default="all")
@@ -184,8 +161,8 @@ def main(argv=None):
     if args.part in ("nme", "all"):
         aflw_dir = os.path.join(shared, "data", "aflw-5pt")
         report["aflw_nme"] = {
-            "original_with_lnet": aflw_nme(MtcnnDetector(model_dir=original_dir), aflw_dir, args.nme_limit),
-            "converted_default_without_lnet": aflw_nme(MtcnnDetector(model_dir=config.MTCNN_MODEL_DIR), aflw_dir,
+            "original_with_lnet": aflw_nme(MtcnnDetector(model_dir=original_dir).detect, aflw_dir, args.nme_limit),
+            "converted_default_without_lnet": aflw_nme(MtcnnDetector(model_dir=config.MTCNN_MODEL_DIR).detect, aflw_dir,
                                                        args.nme_limit),
         }
     text = json.dumps(report, indent=2)

@@ -15,7 +15,7 @@ from agegender.align import face_template
 from agegender.config import PROJECT_ROOT, UNKNOWN_GENDER
 from agegender.errors import DataError
 from data.prepare import WORK_DIR, Journal, prepare
-from data.records import PackReader, PackWriter, encode_face
+from data.records import PackReader, encode_face
 from data.sources import read_csv, read_imdb_wiki_mat
 
 N_IMAGES = 6
