@@ -26,15 +26,19 @@ if [ ! -f "$DATA/train.rec" ] || [ ! -f "$DATA/val.rec" ]; then
 fi
 
 # The shipped model's recipe (models/MODEL_CARD.md): MobileNet m1 x0.25 with a stride-2 first convolution
-# (--version-input 0, 4x less computation than the original's layout), GAP head; SGD momentum 0.9, cosine
-# learning rate from 0.1 with 300 warm-up batches over 45 epochs; gender loss weighted 10x against the 100
-# ordinal age losses; flips, light colour jitter and scale/shift jitter. Progress and per-epoch val metrics
-# go to stdout and $PREFIX.log; a checkpoint is saved after every epoch. Take the last epoch: the cosine
-# schedule ends at lr 0, where inference-mode BatchNorm statistics match the weights.
-"$PYTHON" -u train.py --data-dir "$DATA" --prefix "$PREFIX" \
-    --network m1 --multiplier 0.25 --version-input 0 --version-output GAP \
-    --per-batch-size 128 --end-epoch 45 \
-    --optimizer sgd --lr 0.1 --mom 0.9 --wd 0.0005 --lr-schedule cosine --warmup 300 \
-    --gender-weight 10 --age-smoothing 0 \
-    --rand-mirror 1 --color 1 --rand-crop 0.1 --cutoff 0 \
-    --seed 1 "$@"
+# (--version-input 0, 4x less computation than the original's layout), GAP head; SGD momentum 0.9; gender
+# loss weighted 10x against the 100 ordinal age losses; flips, light colour jitter, scale/shift jitter.
+# It ran in two stages because the first schedule (cosine over 45 epochs) would not have finished in the
+# time available: stage 1 is that schedule stopped after 7 epochs (1036 batches), stage 2 warm-starts from
+# it with a fresh cosine schedule from lr 0.08 over 22 epochs, ending at lr 0. Take stage 2's last epoch:
+# at lr 0 the inference-mode BatchNorm statistics match the weights. Progress and per-epoch val metrics go
+# to stdout and $PREFIX*.log; a checkpoint is saved after every epoch (./train.sh --resume continues stage 2).
+COMMON=(--data-dir "$DATA" --network m1 --multiplier 0.25 --version-input 0 --version-output GAP
+        --per-batch-size 128 --optimizer sgd --mom 0.9 --wd 0.0005 --lr-schedule cosine
+        --gender-weight 10 --age-smoothing 0 --rand-mirror 1 --color 1 --rand-crop 0.1 --cutoff 0)
+if [ ! -f "$PREFIX-stage1-0007.params" ]; then
+    "$PYTHON" -u train.py "${COMMON[@]}" --prefix "$PREFIX-stage1" \
+        --end-epoch 45 --lr 0.1 --warmup 300 --max-steps 1036 --seed 1
+fi
+"$PYTHON" -u train.py "${COMMON[@]}" --prefix "$PREFIX" --pretrained "$PREFIX-stage1,7" \
+    --end-epoch 22 --lr 0.08 --warmup 0 --seed 2 "$@"
