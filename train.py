@@ -10,10 +10,17 @@ Writes ``<prefix>-symbol.json`` (cut at fc1_output) and ``<prefix>-EEEE.params``
 plus the optimizer and trainer state that ``--resume`` continues from. Devices: ``--gpus 0,1``, else
 ``$CUDA_VISIBLE_DEVICES``, else the CPU. CPU speed: set ``OMP_NUM_THREADS`` to the number of cores
 (``MXNET_CPU_WORKER_NTHREADS`` 1 or 2 is enough; images are decoded in the iterator's own thread).
+
+Batch size and learning rate: one step takes ``--per-batch-size`` faces on each device, so a worker's batch
+is per-batch-size x devices and, with ``--kvstore dist_sync``/``dist_device_sync``, the total batch of a step
+is that x workers; gradients are averaged over all of them, so ``--lr`` is the rate of the total batch (scale
+it with the total batch as usual). With ``dist_async`` every worker's push is one update of its own batch.
+Distributed runs are started by ``tools/launch.py`` (see README); only rank 0 validates and saves.
 """
 import argparse
+import hashlib
+import json
 import logging
-import math
 import os
 import sys
 import time
@@ -28,11 +35,13 @@ from agegender.checkpoint import load_checkpoint, parse_model_spec, save_checkpo
 from agegender.errors import AgeGenderError
 from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
-from agegender.training import (LRSchedule, default_lr_steps, find_resume_epoch, get_devices, initializer_for,
+from agegender.training import (LRSchedule, average_aux_params, broadcast_params, default_lr_steps,
+                                dist_steps_per_epoch, find_resume_epoch, get_devices, init_aux_keys, initializer_for,
                                 load_trainer_state, parse_lr_steps, save_trainer_state, state_paths)
 from data.iterator import FaceImageIter
 
 log = logging.getLogger("train")
+KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
 
 
 def parse_args(argv=None):
@@ -71,10 +80,16 @@ def parse_args(argv=None):
                    help="weight of the gender loss against the sum of the 100 age losses")
     p.add_argument("--age-smoothing", type=float, default=0.0, help="label smoothing of the ordinal age targets")
     p.add_argument("--gpus", default=None, help="GPU ids '0,1' (default: $CUDA_VISIBLE_DEVICES, else CPU)")
-    p.add_argument("--kvstore", default="device", help="local, device, dist_sync, dist_async, ...")
+    p.add_argument("--cpus", type=int, default=0,
+                   help="split each batch over this many CPU contexts (tests the multi-device path without GPUs)")
+    p.add_argument("--kvstore", default="device", choices=KVSTORES,
+                   help="gradient reduction: local/device in one process, dist_* across processes (tools/launch.py)")
+    p.add_argument("--shuffle", type=int, default=1, help="reshuffle the training faces every epoch (1) or not (0)")
     p.add_argument("--frequent", type=int, default=20, help="log a progress line every this many batches")
     p.add_argument("--log", default="", help="log file (default: <prefix>.log)")
     p.add_argument("--seed", type=int, default=None, help="random seed (shuffling, augmentation, initialisation)")
+    # test hook: per-step parameter digests and final parameters of each worker, written to this folder
+    p.add_argument("--trace-dir", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.per_batch_size <= 0:
         args.per_batch_size = 128
@@ -86,6 +101,8 @@ def parse_args(argv=None):
         symbols.parse_network(args.network)
     except ValueError as exc:
         p.error(f"--network: {exc}")
+    if args.cpus and args.gpus:
+        p.error("--cpus and --gpus exclude each other")
     if len(args.data_dir.split(",")) != 1:
         p.error("--data-dir: give one folder")
     return args
@@ -135,7 +152,7 @@ def make_optimizer(args, schedule, begin_step, num_replicas):
     """SGD (momentum) / Adam / Nadam with the schedule, continuing from global step ``begin_step``.
 
     The loss heads average over each device's batch, so gradients summed over ``num_replicas``
-    (devices x distributed workers) are divided by that number.
+    (devices x synchronous workers) are divided by that number.
     """
     common = dict(learning_rate=schedule.base_lr, wd=args.wd, lr_scheduler=schedule,
                   rescale_grad=1.0 / num_replicas, begin_num_update=begin_step)
@@ -144,31 +161,103 @@ def make_optimizer(args, schedule, begin_step, num_replicas):
     return mx.optimizer.create(args.optimizer, **common)
 
 
+class Cluster:
+    """The kvstore of a run and this process's place in it (``num_workers`` 1, ``rank`` 0 outside dist_*).
+
+    ``sync``: dist_sync/dist_device_sync. Their servers only sum the workers' gradients; every worker runs
+    the optimizer itself on the sum (MXNET_UPDATE_ON_KVSTORE=0), so optimizer states are local and checkpoints
+    resume exactly. Under dist_async the servers run the optimizer, as asynchronous SGD requires.
+    """
+
+    def __init__(self, kvstore):
+        self.distributed = kvstore.startswith("dist")
+        self.sync = self.distributed and kvstore.endswith("_sync")
+        self.store = mx.kvstore.create(kvstore) if self.distributed else kvstore
+        self.num_workers = self.store.num_workers if self.distributed else 1
+        self.rank = self.store.rank if self.distributed else 0
+
+    def init_optimizer(self, module, optimizer):
+        """``module.init_optimizer`` on this kvstore, with local updates under dist_sync."""
+        saved = os.environ.get("MXNET_UPDATE_ON_KVSTORE")
+        if self.sync:
+            os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
+        try:
+            with warnings.catch_warnings():
+                # The loss heads already average over each device's batch, so rescale_grad is 1/#replicas,
+                # not the 1/batch_size Module expects and warns about.
+                warnings.filterwarnings("ignore", message="Optimizer created manually")
+                module.init_optimizer(kvstore=self.store, optimizer=optimizer)
+        finally:
+            if saved is None:
+                os.environ.pop("MXNET_UPDATE_ON_KVSTORE", None)
+            else:
+                os.environ["MXNET_UPDATE_ON_KVSTORE"] = saved
+        if self.sync:
+            broadcast_params(module, self.store)
+            init_aux_keys(module, self.store)
+
+    def aux_params(self, module):
+        """The BatchNorm statistics a checkpoint holds: under dist_sync their mean over the workers."""
+        if self.sync and self.num_workers > 1:
+            return average_aux_params(module, self.store, self.num_workers)
+        return module.get_params()[1]
+
+
+class ParamTrace:
+    """Test hook (``--trace-dir``): a digest of the weights after every step, and the final parameters."""
+
+    def __init__(self, folder, rank):
+        os.makedirs(folder, exist_ok=True)
+        self.stem = os.path.join(folder, f"rank{rank}")
+        open(self.stem + ".jsonl", "w").close()
+
+    def step(self, module, global_step):
+        arg_params = module.get_params()[0]
+        digest = hashlib.sha1()
+        for name in sorted(arg_params):
+            digest.update(arg_params[name].asnumpy().tobytes())
+        with open(self.stem + ".jsonl", "a") as f:
+            f.write(json.dumps({"step": global_step, "sha1": digest.hexdigest()}) + "\n")
+
+    def finish(self, module):
+        arg_params, aux_params = module.get_params()
+        mx.nd.save(self.stem + ".params", {**{"arg:" + k: v for k, v in arg_params.items()},
+                                           **{"aux:" + k: v for k, v in aux_params.items()}})
+
+
 def train(args):
     """Run the training described by ``args``; returns the summary dict (best epoch, last epoch, steps)."""
     prefix = args.prefix
-    setup_logging(args.log or prefix + ".log")
-    devices = get_devices(args.gpus)
+    cluster = Cluster(args.kvstore)
+    rank = cluster.rank
+    log_path = args.log or prefix + ".log"
+    setup_logging(log_path if rank == 0 else f"{os.path.splitext(log_path)[0]}.rank{rank}.log")
+    devices = get_devices(args.gpus, cpus=args.cpus)
     batch_size = args.per_batch_size * len(devices)
+    sync_workers = cluster.num_workers if cluster.sync else 1
     log.info("command: %s", " ".join(sys.argv))
     log.info("devices %s, batch %d (%d per device); OMP_NUM_THREADS=%s MXNET_CPU_WORKER_NTHREADS=%s", devices,
              batch_size, args.per_batch_size, os.environ.get("OMP_NUM_THREADS"),
              os.environ.get("MXNET_CPU_WORKER_NTHREADS"))
+    if cluster.distributed:
+        log.info("kvstore %s: worker %d of %d; batch %d per worker, %d per step in total; lr %g %s", args.kvstore,
+                 rank, cluster.num_workers, batch_size, batch_size * sync_workers, args.lr,
+                 "for the total batch (gradients averaged over all workers)" if cluster.sync
+                 else "for each worker's batch (every push is one update on the servers)")
     if args.seed is not None:
         mx.random.seed(args.seed)
         np.random.seed(args.seed)
 
     train_rec = os.path.join(args.data_dir, "train.rec")
     val_rec = os.path.join(args.data_dir, "val.rec")
-    # distributed workers each read their own share of the training pack; only rank 0 saves
-    kvstore = mx.kvstore.create(args.kvstore) if "dist" in args.kvstore else args.kvstore
-    num_workers, rank = (kvstore.num_workers, kvstore.rank) if "dist" in args.kvstore else (1, 0)
-    train_iter = FaceImageIter(train_rec, batch_size, data_shape=args.data_shape, shuffle=True,
-                               num_parts=num_workers, part_index=rank,
+    # each distributed worker reads every num_workers-th face, starting at its rank
+    train_iter = FaceImageIter(train_rec, batch_size, data_shape=args.data_shape, shuffle=bool(args.shuffle),
+                               num_parts=cluster.num_workers, part_index=rank,
                                rand_mirror=bool(args.rand_mirror), color_jitter=args.color, cutoff=args.cutoff,
                                rand_crop=args.rand_crop, seed=args.seed)
-    val_iter = (FaceImageIter(val_rec, batch_size, data_shape=args.data_shape) if os.path.isfile(val_rec) else None)
-    steps_per_epoch = math.ceil(train_iter.num_samples / batch_size)
+    val_iter = (FaceImageIter(val_rec, batch_size, data_shape=args.data_shape)
+                if rank == 0 and os.path.isfile(val_rec) else None)
+    steps_per_epoch = dist_steps_per_epoch(len(train_iter.reader), batch_size, cluster.num_workers)
     log.info("train %s: %d faces, %d batches per epoch; val: %s", train_rec, train_iter.num_samples,
              steps_per_epoch, f"{val_iter.num_samples} faces" if val_iter else "none")
 
@@ -206,14 +295,18 @@ def train(args):
         schedule = LRSchedule(args.lr, total_steps, mode=args.lr_schedule, lr_steps=lr_steps, warmup=args.warmup)
     log.info("schedule %s", schedule.to_dict())
 
-    with warnings.catch_warnings():
-        # The loss heads already average over each device's batch, so rescale_grad is 1/#devices, not
-        # the 1/batch_size Module expects and warns about.
-        warnings.filterwarnings("ignore", message="Optimizer created manually")
-        module.init_optimizer(kvstore=kvstore,
-                              optimizer=make_optimizer(args, schedule, global_step, len(devices) * num_workers))
+    # dist_async servers count one update per worker push
+    updates_per_step = 1 if cluster.sync or not cluster.distributed else cluster.num_workers
+    schedule.updates_per_step = updates_per_step
+    cluster.init_optimizer(module, make_optimizer(args, schedule, global_step * updates_per_step,
+                                                  len(devices) * sync_workers))
+    optimizer_states_local = not (cluster.distributed and not cluster.sync)
     if resume_epoch is not None:
-        module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
+        if optimizer_states_local and state.get("optimizer_states", True):
+            module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
+        else:
+            log.info("optimizer state (momentum, moments) starts afresh: not saved or kept on dist_async servers")
+    trace = ParamTrace(args.trace_dir, rank) if args.trace_dir else None
 
     metric = AgeGenderMetric()
     stop = args.max_steps > 0 and global_step >= args.max_steps
@@ -227,16 +320,21 @@ def train(args):
             module.forward_backward(batch)
             module.update()
             global_step += 1
+            if trace:
+                trace.step(module, global_step)
             metric.update(batch.label[0].asnumpy(), module.get_outputs()[2].asnumpy(), batch.pad)
             window_samples += batch_size - batch.pad
             if nbatch % args.frequent == 0 or nbatch == steps_per_epoch:
                 speed = window_samples / max(time.time() - window_tic, 1e-9)
                 log.info("Epoch[%d] Batch[%d/%d] step %d lr %.5g %.1f img/s %s", epoch, nbatch, steps_per_epoch,
-                         global_step, schedule(global_step), speed, format_metrics(metric.get()))
+                         global_step, schedule(global_step * updates_per_step), speed,
+                         format_metrics(metric.get()))
                 window_tic, window_samples = time.time(), 0
             if args.max_steps > 0 and global_step >= args.max_steps:
                 stop = True
+            if stop or nbatch == steps_per_epoch:
                 break
+        aux_params = cluster.aux_params(module) if args.ckpt else None    # all workers take part (dist_sync)
         train_metrics = metric.get()
         log.info("Epoch[%d] train %s (%.1f s)", epoch, format_metrics(train_metrics), time.time() - tic)
         val_metrics = evaluate(module, val_iter) if val_iter else None
@@ -250,24 +348,29 @@ def train(args):
             if best is None or val_metrics["mae"] < best["mae"]:
                 best = {"epoch": epoch, "mae": val_metrics["mae"], "gender_acc": val_metrics["gender_acc"]}
         if args.ckpt and rank == 0:
-            save_epoch(module, fc1, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics, args)
+            save_epoch(module, fc1, aux_params, prefix, epoch, global_step, schedule, best, train_metrics,
+                       val_metrics, args, optimizer_states_local)
     if best:
         log.info("best epoch by val MAE: %d (MAE %.3f, gender acc %s) -> model %s,%d", best["epoch"], best["mae"],
                  best["gender_acc"], prefix, best["epoch"])
+    if trace:
+        trace.finish(module)
     train_iter.close()
     if val_iter:
         val_iter.close()
     return {"epoch": epoch, "global_step": global_step, "best": best}
 
 
-def save_epoch(module, fc1, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics, args):
-    """Save the fc1 network, the optimizer states and the trainer state of ``epoch``."""
-    arg_params, aux_params = module.get_params()
+def save_epoch(module, fc1, aux_params, prefix, epoch, global_step, schedule, best, train_metrics, val_metrics,
+               args, optimizer_states=True):
+    """Save the fc1 network with ``aux_params``, the optimizer states (unless held by dist_async servers)
+    and the trainer state."""
+    arg_params = module.get_params()[0]
     save_checkpoint(prefix, epoch, fc1, arg_params, aux_params)
     state = {"global_step": global_step, "schedule": schedule.to_dict(), "best": best,
              "train": _scalars(train_metrics), "val": _scalars(val_metrics) if val_metrics else None,
              "args": {k: v for k, v in vars(args).items() if k != "data_shape"}}
-    save_trainer_state(prefix, epoch, module, state)
+    save_trainer_state(prefix, epoch, module, state, optimizer_states=optimizer_states)
     log.info("saved %s-%04d.params", prefix, epoch)
 
 

@@ -5,7 +5,13 @@ Checkpoint files for epoch E under ``prefix`` (all written atomically, in this o
 * ``prefix-symbol.json`` + ``prefix-EEEE.params``: the network cut at ``fc1_output`` (what inference loads);
 * ``prefix-EEEE.states``: the optimizer's state (momentum / Adam moments), from ``Module.save_optimizer_states``;
 * ``prefix-EEEE.trainer.json``: epoch, global step, learning-rate schedule, best epoch so far. Written last,
-  so its presence marks epoch E as complete and resumable.
+  so its presence marks epoch E as complete and resumable. Under ``dist_async`` the optimizer state lives on
+  the parameter servers and is not saved; the trainer state then says ``"optimizer_states": false``.
+
+Distributed training (kvstore ``dist_*``): every worker reads its own part of the pack, runs the same number
+of batches per epoch (``dist_steps_per_epoch``), starts from rank 0's weights (``broadcast_params``) and,
+under ``dist_sync``, applies the same update to the same summed gradient, so all workers hold identical
+weights after every step.
 """
 import glob
 import json
@@ -14,6 +20,8 @@ import os
 import re
 
 import mxnet as mx
+# from the submodule: a dist_async server unpickles LRSchedule while `import mxnet` is still running
+from mxnet.lr_scheduler import LRScheduler
 
 from .checkpoint import _atomic_write, checkpoint_paths
 from .errors import CheckpointError
@@ -21,13 +29,18 @@ from .errors import CheckpointError
 STATE_VERSION = 1
 
 
-def get_devices(gpus=None, environ=None):
+def get_devices(gpus=None, environ=None, cpus=0):
     """Contexts to train on: ``gpus`` "0,1" if given, else ``$CUDA_VISIBLE_DEVICES``, else the CPU.
+
+    ``cpus`` > 0 gives that many CPU contexts cpu(0), cpu(1), ... instead: each batch is split over them
+    exactly as over several GPUs, which lets the multi-device code run (and be tested) without GPUs.
 
     The environment variable lists devices the process sees renumbered from 0, so "2,3" gives gpu(0), gpu(1).
     An explicit ``gpus`` that this MXNet build cannot see raises ValueError; a listed environment variable
     on a machine (or build) without GPUs falls back to the CPU.
     """
+    if cpus > 0:
+        return [mx.cpu(i) for i in range(cpus)]
     environ = os.environ if environ is None else environ
     available = _num_gpus()
     if gpus is not None and str(gpus).strip() not in ("", "-1"):
@@ -49,16 +62,22 @@ def _num_gpus():
         return 0
 
 
-class LRSchedule(mx.lr_scheduler.LRScheduler):
+class LRSchedule(LRScheduler):
     """Learning rate as a pure function of the global step (so a resumed run continues it exactly).
 
     ``mode="step"``: ``base_lr * factor ** (number of steps in lr_steps already passed)``;
     ``mode="cosine"``: ``final_lr + (base_lr - final_lr) * (1 + cos(pi * t)) / 2`` over ``total_steps``.
     Both start with ``warmup`` steps rising linearly from ``base_lr / warmup`` to ``base_lr``.
+
+    ``updates_per_step`` (not part of ``to_dict``: it belongs to the run, not the schedule) is how many
+    optimizer updates one training step makes; under ``dist_async`` the servers update once per worker push,
+    so it is the number of workers and the schedule still follows each worker's step count.
     """
 
-    def __init__(self, base_lr, total_steps, mode="step", lr_steps=(), factor=0.1, warmup=0, final_lr=0.0):
+    def __init__(self, base_lr, total_steps, mode="step", lr_steps=(), factor=0.1, warmup=0, final_lr=0.0,
+                 updates_per_step=1):
         super().__init__(base_lr=base_lr)
+        self.updates_per_step = max(int(updates_per_step), 1)
         if mode not in ("step", "cosine"):
             raise ValueError(f"unknown learning-rate schedule '{mode}' (step or cosine)")
         self.mode, self.total_steps = mode, max(int(total_steps), 1)
@@ -66,6 +85,7 @@ class LRSchedule(mx.lr_scheduler.LRScheduler):
         self.warmup, self.final_lr = max(int(warmup), 0), float(final_lr)
 
     def __call__(self, num_update):
+        num_update //= self.updates_per_step
         if num_update < self.warmup:
             return self.base_lr * (num_update + 1) / self.warmup
         if self.mode == "step":
@@ -100,11 +120,15 @@ def state_paths(prefix, epoch):
     return f"{prefix}-{int(epoch):04d}.states", f"{prefix}-{int(epoch):04d}.trainer.json"
 
 
-def save_trainer_state(prefix, epoch, module, state):
-    """Write the optimizer states of ``module`` and the ``state`` dict for ``epoch`` (atomically, state last)."""
+def save_trainer_state(prefix, epoch, module, state, optimizer_states=True):
+    """Write the optimizer states of ``module`` and the ``state`` dict for ``epoch`` (atomically, state last).
+
+    ``optimizer_states=False`` (the optimizer runs on parameter servers) writes the state dict only, marked so.
+    """
     states_path, state_path = state_paths(prefix, epoch)
-    _atomic_write(states_path, module.save_optimizer_states)
-    body = dict(state, version=STATE_VERSION, epoch=int(epoch))
+    if optimizer_states:
+        _atomic_write(states_path, module.save_optimizer_states)
+    body = dict(state, version=STATE_VERSION, epoch=int(epoch), optimizer_states=bool(optimizer_states))
     _atomic_write(state_path, lambda tmp: _write_json(tmp, body))
     return state_path
 
@@ -130,17 +154,75 @@ def load_trainer_state(prefix, epoch):
 
 
 def find_resume_epoch(prefix):
-    """Last epoch under ``prefix`` whose params, symbol, optimizer states and trainer state all exist, or None."""
+    """Last epoch under ``prefix`` whose params, symbol, optimizer states and trainer state all exist, or None.
+
+    The optimizer states are not needed where the trainer state says they were not saved (``dist_async``).
+    """
     pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-(\d{4,})\.trainer\.json$")
     epochs = []
     for path in glob.glob(glob.escape(prefix) + "-*.trainer.json"):
         match = pattern.search(os.path.basename(path))
         if match:
             epoch = int(match.group(1))
-            needed = list(checkpoint_paths(prefix, epoch)) + [state_paths(prefix, epoch)[0]]
+            needed = list(checkpoint_paths(prefix, epoch))
+            if _saved_optimizer_states(path):
+                needed.append(state_paths(prefix, epoch)[0])
             if all(os.path.isfile(p) for p in needed):
                 epochs.append(epoch)
     return max(epochs) if epochs else None
+
+
+def _saved_optimizer_states(state_path):
+    try:
+        with open(state_path, "r", encoding="utf-8") as f:
+            return json.load(f).get("optimizer_states", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return True     # unreadable: demand the states file, so a broken epoch is not picked
+
+
+def dist_steps_per_epoch(num_records, batch_size, num_workers):
+    """Batches per epoch that every one of ``num_workers`` parts of ``num_records`` can fill.
+
+    Worker ``k`` reads records k, k + W, k + 2W, ... so the parts differ by at most one record; all workers
+    run the smallest part's batch count (a worker that ran more would wait forever at the next sync point).
+    """
+    return max(math.ceil((num_records // num_workers) / batch_size), 1)
+
+
+def broadcast_params(module, kvstore):
+    """Give every worker rank 0's weights: ``kvstore.init`` stores rank 0's values, pulled here by all."""
+    arg_params, aux_params = module.get_params()
+    pulled = {}
+    for name in sorted(arg_params):
+        pulled[name] = mx.nd.zeros(arg_params[name].shape, dtype=arg_params[name].dtype)
+        kvstore.pull(name, out=pulled[name])
+    module.set_params(pulled, aux_params)
+
+
+AUX_KEY_PREFIX = "aux:"
+
+
+def init_aux_keys(module, kvstore):
+    """Register the BatchNorm moving statistics in ``kvstore`` so ``average_aux_params`` can reduce them."""
+    for name, value in sorted(module.get_params()[1].items()):
+        kvstore.init(AUX_KEY_PREFIX + name, value)
+
+
+def average_aux_params(module, kvstore, num_workers):
+    """The mean over the workers of the BatchNorm moving statistics (a ``dist_sync`` store sums pushes).
+
+    Each worker's statistics follow its own part of the data, as each device's do in one process; their
+    mean is what a checkpoint holds, as ``Module.get_params`` averages them across devices. The workers'
+    own statistics are left as they are (as the devices' are). Every worker must call this at the same step.
+    """
+    aux_params = module.get_params()[1]
+    averaged = {}
+    for name in sorted(aux_params):
+        total = mx.nd.zeros(aux_params[name].shape, dtype=aux_params[name].dtype)
+        kvstore.push(AUX_KEY_PREFIX + name, aux_params[name])
+        kvstore.pull(AUX_KEY_PREFIX + name, out=total)
+        averaged[name] = total / num_workers
+    return averaged
 
 
 def initializer_for(network):
