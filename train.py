@@ -55,7 +55,8 @@ def parse_args(argv=None):
                    help="continue from the last complete checkpoint under --prefix (same schedule, optimizer state)")
     p.add_argument("--ckpt", type=int, default=1, choices=(0, 1, 2),
                    help="0: never save; 1 or 2: save after every epoch and when stopping")
-    p.add_argument("--max-steps", type=int, default=0, help="stop (and save) after this many batches in all; the schedule still spans --end-epoch (0: off)")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop (and save) after this many batches in all; the schedule still spans --end-epoch (0: off)")
     p.add_argument("--end-epoch", type=int, default=30, help="last epoch (epochs are numbered from 1)")
     p.add_argument("--network", default="m1", help="m1 (MobileNet) or r<depth> (ResNet)")
     p.add_argument("--image-size", default="112,112", help="square input size 'H,W'")
