@@ -4,15 +4,15 @@ Reads never execute anything from the files: the symbol is JSON and the params a
 NDArray container. Writes go to a temporary name and are renamed, so a crash or a full disk
 never leaves a half-written checkpoint under the real name.
 """
-import contextlib
+import glob
 import json
 import os
-import sys
 import tempfile
 
 import mxnet as mx
 
 from .errors import CheckpointError
+from .image import quiet_native_stderr
 
 
 def parse_model_spec(spec):
@@ -38,7 +38,7 @@ def load_symbol(path):
     try:
         with open(path, "r", encoding="utf-8") as f:
             json.load(f)
-        with _quiet_native_stderr():
+        with quiet_native_stderr():   # e.g. "Loading symbol saved by previous version"
             return mx.sym.load(path)
     except (ValueError, UnicodeDecodeError, mx.base.MXNetError) as exc:
         raise CheckpointError(f"{path}: not a valid MXNet symbol JSON ({_first_line(exc)})") from None
@@ -118,8 +118,16 @@ def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
 
 
 def _atomic_write(path, write):
+    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
+
+    A failed write (full disk, file size limit) raises CheckpointError and leaves ``path`` as it was;
+    temporary files of ``path`` left by a writer that was killed are removed first.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
+    temp_prefix = ".tmp-" + os.path.basename(path) + "."
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(temp_prefix) + "*")):
+        os.remove(stale)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -127,26 +135,25 @@ def _atomic_write(path, write):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
         os.replace(tmp, path)
+    except (OSError, mx.base.MXNetError) as exc:
+        _remove_quietly(tmp)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        raise CheckpointError(f"{path}: cannot be written ({reason}); the previous file is unchanged") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence MXNet's C++ log lines (e.g. "Loading symbol saved by previous version") for a moment."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def _remove_quietly(path):
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _first_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The line of an error that says what went wrong (MXNet's C++ errors end with it, after a traceback)."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return type(exc).__name__
+    return (text[-1] if text[0].startswith("Traceback") else text[0])[:200]

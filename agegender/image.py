@@ -1,5 +1,15 @@
-"""Reading images from disk as BGR uint8 arrays, with one-line errors for bad files."""
+"""Reading images from disk as BGR uint8 arrays, with one-line errors for bad files.
+
+Memory is bounded before any pixel is decoded: the header gives the size, images above ``MAX_PIXELS``
+are decoded at 1/2, 1/4 or 1/8 size when the format allows it without a full-size buffer (sequential
+JPEG) and refused otherwise, and files above ``MAX_FILE_BYTES`` are refused unread.
+"""
+import contextlib
+import io
 import os
+import sys
+import struct
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -7,50 +17,181 @@ import numpy as np
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm")
-# Images above this many pixels are decoded at a reduced size (JPEG/PNG/WebP) or refused.
-MAX_PIXELS = 60_000_000
+MAX_PIXELS = 60_000_000             # decoded at full size up to this many pixels
+MAX_FILE_BYTES = 256 * 1024 * 1024  # larger files are refused without reading them
+REDUCTIONS = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers; libjpeg scales baseline/extended sequential Huffman JPEGs while decoding, but
+# progressive, lossless and arithmetic-coded ones keep a full-size coefficient buffer.
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SEQUENTIAL = {0xC0, 0xC1}
+_JPEG_STANDALONE = set(range(0xD0, 0xD9)) | {0x01}
 
 
-def image_size(path):
-    """Return (width, height) from the file header without decoding the pixels, or None if unknown."""
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what native libraries (libpng, libjpeg, MXNet's C++ log) print on stderr, for a moment.
+
+    The process-wide file descriptor 2 is redirected, so only use it around short calls on the main thread.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        from PIL import Image
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # any header PIL cannot read; the decoder below gives the real error
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class ImageHeader(NamedTuple):
+    """What the file header says: format name, stored width and height, whether a reduced decode is cheap,
+    and (JPEG) the byte offset after the frame header, where the end-of-image marker must follow."""
+    format: str
+    width: int
+    height: int
+    reducible: bool
+    frame_end: int = 0
+
+
+def read_header(f, where):
+    """Return the ImageHeader of the binary file object ``f`` (read from its start) without decoding
+    pixels, or None if no known header is found.
+
+    JPEG and PNG headers are parsed here (they can announce any size); other formats go through PIL.
+    Raises ImageError naming ``where`` if PIL refuses the header as a decompression bomb.
+    """
+    f.seek(0)
+    head = f.read(24)
+    if len(head) == 24 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return ImageHeader("PNG", width, height, False)
+    if head.startswith(b"\xff\xd8"):
+        f.seek(2)
+        return _jpeg_header(f)
+    from PIL import Image
+    f.seek(0)
+    try:
+        with Image.open(f) as im:
+            return ImageHeader(im.format or "?", im.size[0], im.size[1], False)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{where}: refused, too large to decode ({str(exc).split(',')[0]})") from None
+    except Exception:  # noqa: BLE001 - any header PIL cannot parse means "not a known image"
         return None
 
 
-def read_image(path, max_pixels=MAX_PIXELS):
-    """Read ``path`` as an H x W x 3 uint8 BGR array.
+def _jpeg_header(f, max_segments=4096, max_garbage=65536):
+    """Walk the JPEG marker segments up to the start-of-frame; None if the file ends first.
 
-    Grey, RGBA and 16-bit images are converted; EXIF orientation is honoured. Images larger than
-    ``max_pixels`` are decoded at 1/2, 1/4 or 1/8 size; returns ``(image, scale)`` where ``scale``
-    multiplies coordinates in the returned image to get coordinates in the file's image.
+    Real files have a few dozen segments before the frame header; the bounds keep a crafted file
+    from making this loop run for long.
+    """
+    garbage = 0
+    for _ in range(max_segments):
+        byte = f.read(1)
+        while byte and byte != b"\xff" and garbage < max_garbage:
+            garbage += 1               # stray bytes between segments, as libjpeg tolerates
+            byte = f.read(1)
+        if byte != b"\xff":
+            return None
+        marker = f.read(1)
+        while marker == b"\xff" and garbage < max_garbage:
+            garbage += 1               # fill bytes
+            marker = f.read(1)
+        if marker in (b"", b"\xff"):
+            return None
+        code = marker[0]
+        if code in _JPEG_STANDALONE or code == 0x00:
+            continue
+        if code in (0xD9, 0xDA):       # end of image / start of scan before any frame header
+            return None
+        length_bytes = f.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = struct.unpack(">H", length_bytes)[0]
+        if code in _JPEG_SOF:
+            frame = f.read(5)
+            if len(frame) < 5:
+                return None
+            _, height, width = struct.unpack(">BHH", frame)
+            return ImageHeader("JPEG", width, height, code in _JPEG_SEQUENTIAL, f.tell())
+        if length < 2:
+            return None
+        f.seek(length - 2, os.SEEK_CUR)
+    return None
+
+
+def _reduction_for(header, max_pixels, path):
+    """``(imread flag, factor)`` that keeps the decoded image within ``max_pixels``, or ImageError."""
+    pixels = header.width * header.height
+    if pixels <= max_pixels:
+        return cv2.IMREAD_COLOR, 1
+    size = f"{header.width}x{header.height} {header.format}"
+    if not header.reducible:
+        raise ImageError(f"{path}: {size} image refused, more than {max_pixels} pixels "
+                         f"(only sequential JPEGs are decoded at reduced size)")
+    for factor, flag in REDUCTIONS:
+        if pixels / factor ** 2 <= max_pixels:
+            return flag, factor
+    raise ImageError(f"{path}: {size} image refused, more than {max_pixels} pixels even at 1/8 size")
+
+
+def _decode(data, header, where, max_pixels):
+    """Decode the bytes ``data`` whose header was read; returns ``(image, scale)``."""
+    if header is None:
+        raise ImageError(f"{where}: not a readable image (unknown format, truncated or corrupt)")
+    flags, factor = _reduction_for(header, max_pixels, where)
+    if header.format == "JPEG" and data.rfind(b"\xff\xd9", header.frame_end) < 0:
+        raise ImageError(f"{where}: truncated JPEG (the end-of-image marker is missing)")
+    try:
+        with quiet_native_stderr():     # libpng/libjpeg warnings; the error below says what went wrong
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise ImageError(f"{where}: not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+    if image is None:
+        raise ImageError(f"{where}: not a readable image (unknown format, truncated or corrupt)")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ImageError(f"{where}: unsupported image layout {image.shape} {image.dtype}")
+    scale = 1.0
+    if factor != 1:
+        # EXIF orientation may have swapped the sides, so compare the longer ones.
+        scale = max(header.width, header.height) / max(image.shape[:2])
+    return image, scale
+
+
+def decode_image(data, where, max_pixels=MAX_PIXELS):
+    """Decode encoded image bytes like :func:`read_image` does a file; errors name ``where``."""
+    if not data:
+        raise ImageError(f"{where}: no image bytes")
+    return _decode(data, read_header(io.BytesIO(data), where), where, max_pixels)
+
+
+def read_image(path, max_pixels=MAX_PIXELS, max_bytes=MAX_FILE_BYTES):
+    """Read ``path`` as an H x W x 3 uint8 BGR array; returns ``(image, scale)``.
+
+    Grey, RGBA and 16-bit images are converted; EXIF orientation is honoured. Large sequential JPEGs
+    are decoded at 1/2, 1/4 or 1/8 size (``scale`` multiplies coordinates in the returned image to get
+    coordinates in the file's image, 1.0 otherwise); other images above ``max_pixels`` and files above
+    ``max_bytes`` raise ImageError, as does anything that is not a readable image.
     """
     if not os.path.exists(path):
         raise ImageError(f"{path}: file not found")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: empty file")
-    data = np.fromfile(path, dtype=np.uint8)
-    flags, scale = cv2.IMREAD_COLOR, 1
-    size = image_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                             (8, cv2.IMREAD_REDUCED_COLOR_8)):
-            if size[0] * size[1] / factor ** 2 <= max_pixels:
-                flags, scale = flag, factor
-                break
-        else:
-            raise ImageError(f"{path}: {size[0]}x{size[1]} pixels is too large (limit {max_pixels} pixels "
-                             f"even at 1/8 size)")
-    image = cv2.imdecode(data, flags)
-    if image is None:
-        raise ImageError(f"{path}: not a readable image (unknown format, truncated or corrupt)")
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ImageError(f"{path}: unsupported image layout {image.shape} {image.dtype}")
-    if scale != 1:
-        scale = size[0] / image.shape[1]
-    return image, scale
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            raise ImageError(f"{path}: empty file")
+        if size > max_bytes:
+            raise ImageError(f"{path}: file of {size} bytes refused (limit {max_bytes} bytes)")
+        with open(path, "rb") as f:
+            header = read_header(f, path)
+            if header is not None:
+                _reduction_for(header, max_pixels, path)      # refuse before reading the pixels
+            f.seek(0)
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return _decode(data, header, path, max_pixels)

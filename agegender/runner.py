@@ -1,5 +1,6 @@
 """The batch loop behind test.py: inputs in, annotated pictures / JSON / CSV out, bad items skipped."""
 import csv
+import errno
 import json
 import os
 import sys
@@ -12,6 +13,19 @@ from .errors import AgeGenderError
 from .image import read_image
 from .inputs import expand_inputs, iter_video_frames, output_name
 
+
+class OutputError(AgeGenderError):
+    """The JSON or CSV output cannot be written: the run stops."""
+
+
+def _output_error(path, exc):
+    """An OutputError for a failed write to ``path``; after a broken pipe, stdout is muted for a clean exit."""
+    if path == "-" and exc.errno == errno.EPIPE:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OutputError("standard output was closed by the reader (broken pipe)")
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 CSV_COLUMNS = ["image", "frame", "face", "x1", "y1", "x2", "y2", "score", "age", "age_expected",
                "gender", "gender_prob_male"]
 
@@ -20,49 +34,75 @@ class JsonArrayWriter:
     """Writes one JSON array incrementally, so memory stays flat however many images there are."""
 
     def __init__(self, path):
+        self.path = path
         self.file = sys.stdout if path == "-" else _open_for_writing(path)
         self.count = 0
-        self.file.write("[")
+        self._write("[")
+
+    def _write(self, text):
+        try:
+            self.file.write(text)
+        except OSError as exc:
+            raise _output_error(self.path, exc) from None
 
     def write(self, record):
-        self.file.write(("," if self.count else "") + "\n" + json.dumps(record))
+        self._write(("," if self.count else "") + "\n" + json.dumps(record))
         self.count += 1
 
     def close(self):
-        self.file.write("\n]\n")
-        if self.file is not sys.stdout:
-            self.file.close()
-        else:
-            self.file.flush()
+        self._write("\n]\n")
+        _close(self.file, self.path)
 
 
 class CsvWriter:
     """One row per face."""
 
     def __init__(self, path):
+        self.path = path
         self.file = sys.stdout if path == "-" else _open_for_writing(path, newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(CSV_COLUMNS)
+        self._rows([CSV_COLUMNS])
+
+    def _rows(self, rows):
+        try:
+            self.writer.writerows(rows)
+        except OSError as exc:
+            raise _output_error(self.path, exc) from None
 
     def write(self, record):
-        for i, face in enumerate(record["faces"]):
-            self.writer.writerow([record["image"], "" if record["frame"] is None else record["frame"], i,
-                                  *face["bbox"], face["score"], face["age"], face["age_expected"],
-                                  face["gender"], face["gender_prob_male"]])
+        self._rows([record["image"], "" if record["frame"] is None else record["frame"], i,
+                    *face["bbox"], face["score"], face["age"], face["age_expected"],
+                    face["gender"], face["gender_prob_male"]] for i, face in enumerate(record["faces"]))
 
     def close(self):
-        if self.file is not sys.stdout:
-            self.file.close()
+        _close(self.file, self.path)
 
 
 def _open_for_writing(path, newline=None):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return open(path, "w", encoding="utf-8", newline=newline)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return open(path, "w", encoding="utf-8", newline=newline)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+
+
+def _close(file, path):
+    """Flush stdout or close a file; buffered data that cannot be written raises OutputError."""
+    try:
+        if file is sys.stdout:
+            file.flush()
+        else:
+            file.close()
+    except OSError as exc:
+        raise _output_error(path, exc) from None
 
 
 class PictureWriter:
-    """Writes annotated pictures: to ``output`` itself for a single picture, else inside the folder."""
+    """Writes annotated pictures: to ``output`` itself for a single picture, else inside the folder.
+
+    In a folder, names come from :func:`output_name` (no ``..``, no absolute paths) and a name that a
+    symbolic link inside the folder would lead outside it is refused.
+    """
 
     def __init__(self, output, single):
         self.output = output
@@ -80,15 +120,21 @@ class PictureWriter:
             path = f"{stem}_{n}{ext}"
             n += 1
         self.used.add(path)
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+            raise AgeGenderError(f"{path}: refused, a symbolic link would put it outside {self.output}")
         return path
 
     def write(self, item, frame, picture):
         path = self.path_for(item, frame)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".jpg", picture)
         if not ok:
             raise AgeGenderError(f"{path}: cannot encode the annotated picture")
-        encoded.tofile(path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            encoded.tofile(path)
+        except OSError as exc:
+            raise AgeGenderError(f"{path}: cannot write the annotated picture ({exc.strerror or exc})") from None
 
 
 def _frames(item, args):
@@ -98,6 +144,9 @@ def _frames(item, args):
             yield frame, image, 1.0
     else:
         image, scale = read_image(item.path)
+        if scale != 1.0:
+            tqdm.write(f"note: {item.path}: {round(image.shape[1] * scale)}x{round(image.shape[0] * scale)} pixels, "
+                       f"decoded at 1/{round(scale)} size ({image.shape[1]}x{image.shape[0]})", file=sys.stderr)
         yield None, image, scale
 
 
@@ -131,7 +180,8 @@ def run(analyzer, args):
             return
         images = [entry[2] for entry in pending]
         if analyzer.detector is None:
-            results = analyzer.analyze_aligned(images, raw=args.raw)
+            results = [_rescaled(faces, entry[3]) for faces, entry in
+                       zip(analyzer.analyze_aligned(images, raw=args.raw), pending)]
         else:
             results = analyzer.analyze_many(images, raw=args.raw, scales=[entry[3] for entry in pending])
         for (item, frame, image, scale), faces in zip(pending, results):
@@ -139,7 +189,7 @@ def run(analyzer, args):
             for writer in writers:
                 writer.write(record)
             if pictures or args.show:
-                picture = draw_faces(image, _scaled_faces(faces, scale))
+                picture = draw_faces(image, _rescaled(faces, 1.0 / scale))
                 if pictures:
                     pictures.write(item, frame, picture)
                 if args.show:
@@ -156,6 +206,8 @@ def run(analyzer, args):
                     if len(pending) >= args.images_per_batch:
                         flush()
                 flush()
+            except OutputError:
+                raise
             except AgeGenderError as exc:
                 pending.clear()
                 failed += 1
@@ -167,21 +219,33 @@ def run(analyzer, args):
             bar.update(1)
     finally:
         bar.close()
-        for writer in writers:
-            writer.close()
+        close_errors = _close_all(writers)
+    if close_errors:
+        raise close_errors[0]
     return 1 if failed else 0
 
 
-def _scaled_faces(faces, scale):
-    """Faces with coordinates mapped back onto a picture decoded at reduced size."""
-    if scale == 1.0:
+def _close_all(writers):
+    """Close every writer; returns the OutputErrors (reported unless another error is on its way)."""
+    errors = []
+    for writer in writers:
+        try:
+            writer.close()
+        except OutputError as exc:
+            errors.append(exc)
+    return errors
+
+
+def _rescaled(faces, factor):
+    """Faces with box and landmark coordinates multiplied by ``factor`` (between decoded and file pixels)."""
+    if factor == 1.0:
         return faces
     scaled = []
     for face in faces:
         face = dict(face)
-        face["bbox"] = [v / scale for v in face["bbox"]]
+        face["bbox"] = [v * factor for v in face["bbox"]]
         if face.get("landmarks"):
-            face["landmarks"] = [[x / scale, y / scale] for x, y in face["landmarks"]]
+            face["landmarks"] = [[x * factor, y * factor] for x, y in face["landmarks"]]
         scaled.append(face)
     return scaled
 

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from agegender.config import UNKNOWN_GENDER
-from agegender.errors import DataError
+from agegender.errors import DataError, ImageError
+from agegender.image import MAX_PIXELS, decode_image
 
 JPEG_QUALITY = 95
 MAX_LABEL_AGE = 120          # labels above MAX_AGE are allowed in packs; the iterator caps them at 100
@@ -118,7 +119,7 @@ class PackReader:
         self._offsets = self._read_index()
         self.keys = sorted(self._offsets, key=self._offsets.get)
         self.labels = np.zeros((len(self.keys), 2), np.float32)
-        self.ids = np.zeros(len(self.keys), np.int64)
+        self.ids = np.zeros(len(self.keys), np.uint64)    # IRHeader ids are unsigned 64-bit
         for row, key in enumerate(self.keys):
             self.labels[row], self.ids[row] = self._probe(key)
         if check_labels:
@@ -207,9 +208,12 @@ class PackReader:
     def read_image(self, key):
         """Return ``(label, image)`` with the image decoded as H x W x 3 uint8 BGR."""
         label, jpeg = self.read(key)
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"{self.rec_path}: record {key}: image bytes cannot be decoded")
+        try:
+            image, scale = decode_image(jpeg, f"{self.rec_path}: record {key}")
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
+        if scale != 1.0:
+            raise DataError(f"{self.rec_path}: record {key}: image of more than {MAX_PIXELS} pixels")
         return label, image
 
     def reopen(self):
