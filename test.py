@@ -4,6 +4,7 @@
     python test.py                                   # the sample image, shipped model, MTCNN
     python test.py photos/ --json faces.json --output annotated/
     python test.py --det 1 --image group.jpg --output group_annotated.jpg
+    python test.py --backend onnx photos/            # onnxruntime on models/onnx (python export.py --defaults)
 """
 import argparse
 import os
@@ -17,13 +18,18 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns or videos")
     parser.add_argument("--image", nargs="+", default=[], help="input image(s); same as positional inputs")
-    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="age/gender checkpoint 'prefix,epoch'")
+    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
+                        help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
+    parser.add_argument("--model", default=None,
+                        help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file); default: the shipped "
+                             "model (onnx: its export under models/onnx)")
     parser.add_argument("--gpu", type=int, default=0,
                         help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
     parser.add_argument("--det", type=int, default=0, choices=[0, 1], help="0 = MTCNN, 1 = ESSH/RetinaFace")
     parser.add_argument("--image-size", default="112,112", help="aligned face size 'height,width'")
-    parser.add_argument("--mtcnn-model", default=None, help="folder with MTCNN det1..det3 (+det4) checkpoints")
-    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch'")
+    parser.add_argument("--mtcnn-model", default=None,
+                        help="folder with MTCNN det1..det3 (+det4) checkpoints (onnx: detN.onnx files)")
+    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch' (onnx: a file)")
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 112x112 faces")
     parser.add_argument("--threshold", type=float, default=None,
                         help="detector score threshold (MTCNN last stage, ESSH score)")
@@ -71,7 +77,7 @@ def main(argv=None):
         analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
                                 mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
                                 threshold=args.threshold, min_face=args.min_face,
-                                image_size=args.image_size, batch_size=args.batch_size)
+                                image_size=args.image_size, batch_size=args.batch_size, backend=args.backend)
         return run(analyzer, args)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,8 +9,6 @@ import json
 import os
 import tempfile
 
-import mxnet as mx
-
 from .errors import CheckpointError
 from .image import quiet_native_stderr
 
@@ -33,6 +31,7 @@ def checkpoint_paths(prefix, epoch):
 
 def load_symbol(path):
     """Load a symbol JSON file (any MXNet version MXNet 1.9 can upgrade)."""
+    import mxnet as mx   # imported on use: the onnxruntime path reads no checkpoint and needs no MXNet
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: symbol file not found")
     try:
@@ -50,6 +49,7 @@ def load_params(path, aux_renames=None):
     ``aux_renames`` maps suffixes of auxiliary names, e.g. ``{"_running_mean": "_moving_mean"}``
     for checkpoints written by older insightface code.
     """
+    import mxnet as mx
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: params file not found")
     try:
@@ -84,6 +84,7 @@ def load_checkpoint(prefix, epoch, aux_renames=None):
 
 def check_params_match(sym, arg_params, aux_params, data_shapes, params_path, allow_missing=False):
     """Raise CheckpointError unless every parameter of ``sym`` is present with the right shape."""
+    import mxnet as mx
     try:
         arg_shapes, _, aux_shapes = sym.infer_shape(**data_shapes)
     except mx.base.MXNetError as exc:
@@ -107,6 +108,7 @@ def check_params_match(sym, arg_params, aux_params, data_shapes, params_path, al
 
 def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
     """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` atomically (temporary file + rename)."""
+    import mxnet as mx
     sym_path, params_path = checkpoint_paths(prefix, epoch)
     folder = os.path.dirname(os.path.abspath(sym_path))
     os.makedirs(folder, exist_ok=True)
@@ -123,6 +125,7 @@ def _atomic_write(path, write):
     A failed write (full disk, file size limit) raises CheckpointError and leaves ``path`` as it was;
     temporary files of ``path`` left by a writer that was killed are removed first.
     """
+    import mxnet as mx
     folder = os.path.dirname(os.path.abspath(path))
     temp_prefix = ".tmp-" + os.path.basename(path) + "."
     for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(temp_prefix) + "*")):

@@ -29,6 +29,12 @@ ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"
 ESSH_THRESHOLD = 0.5
 ESSH_NMS = 0.3
 
+# ONNX exports of the defaults for the onnxruntime backend (`python export.py --defaults`, never committed)
+ONNX_MODEL_DIR = os.path.join(PROJECT_ROOT, "models", "onnx")
+ONNX_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "agegender-m1.onnx")
+ONNX_MTCNN_MODEL_DIR = os.path.join(ONNX_MODEL_DIR, "mtcnn")
+ONNX_ESSH_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "retinaface-mnet25.onnx")
+
 # Sample image shipped with the project (see sample-images/README.md)
 DEFAULT_IMAGE = os.path.join(PROJECT_ROOT, "sample-images", "astronaut.jpg")
 

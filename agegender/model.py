@@ -1,18 +1,20 @@
-"""The age/gender network at inference: load a checkpoint once, forward batches of aligned faces."""
-from collections import OrderedDict
+"""The age/gender network at inference: load a checkpoint once, forward batches of aligned faces.
 
+On the ``onnx`` backend the network is an exported ONNX file run by onnxruntime and MXNet is never imported.
+"""
 import cv2
-import mxnet as mx
 import numpy as np
 
 from . import config
-from .checkpoint import check_params_match, checkpoint_paths, load_checkpoint, parse_model_spec
+from .backends import MXNetRunner, OnnxRunner, check_backend
+from .checkpoint import checkpoint_paths, parse_model_spec
 from .decode import decode_faces
 from .errors import CheckpointError
 
 
 def get_context(gpu=-1):
     """``mx.gpu(gpu)`` when ``gpu >= 0`` and this MXNet build sees a GPU, else ``mx.cpu()``."""
+    import mxnet as mx
     if gpu is not None and gpu >= 0:
         try:
             if mx.context.num_gpus() > gpu:
@@ -29,61 +31,56 @@ def faces_to_batch(faces_bgr):
 
 
 class AgeGenderModel:
-    """An age/gender checkpoint bound for inference.
+    """An age/gender network ready for inference.
 
-    ``model`` is ``"prefix,epoch"``; the symbol is cut at ``fc1_output`` (202 values per face).
-    Executors are bound once per batch size and reused; larger inputs are split into chunks of
-    ``max_batch`` faces.
+    ``backend="mxnet"``: ``model`` is a checkpoint ``"prefix,epoch"``; the symbol is cut at ``fc1_output``
+    (202 values per face) and bound once per batch size. ``backend="onnx"``: ``model`` is an ONNX file
+    written by ``export.py`` (``ctx`` is ignored). Larger inputs are split into chunks of ``max_batch`` faces.
     """
 
-    def __init__(self, model=config.DEFAULT_MODEL, ctx=None, image_size=config.IMAGE_SIZE, max_batch=64):
-        self.prefix, self.epoch = parse_model_spec(model)
-        self.ctx = ctx or mx.cpu()
+    def __init__(self, model=config.DEFAULT_MODEL, ctx=None, image_size=config.IMAGE_SIZE, max_batch=64,
+                 backend="mxnet"):
+        self.backend = check_backend(backend)
         self.image_size = tuple(image_size)
         self.max_batch = max_batch
+        if backend == "onnx":
+            self.runner = OnnxRunner(model)
+            self._check_onnx(model)
+        else:
+            self.prefix, self.epoch = parse_model_spec(model)
+            self.runner = self._load_mxnet(ctx)
+
+    def _load_mxnet(self, ctx):
+        from .checkpoint import check_params_match, load_checkpoint
         sym, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch)
-        params_path = checkpoint_paths(self.prefix, self.epoch)[1]
+        sym_path, params_path = checkpoint_paths(self.prefix, self.epoch)
         internals = sym.get_internals()
         if config.OUTPUT_LAYER not in internals.list_outputs():
-            raise CheckpointError(f"{checkpoint_paths(self.prefix, self.epoch)[0]}: has no '{config.OUTPUT_LAYER}' "
-                                  f"layer, not an age/gender network")
-        self.symbol = internals[config.OUTPUT_LAYER]
+            raise CheckpointError(f"{sym_path}: has no '{config.OUTPUT_LAYER}' layer, not an age/gender network")
+        symbol = internals[config.OUTPUT_LAYER]
         data_shape = {"data": (1, 3) + self.image_size}
-        check_params_match(self.symbol, arg_params, aux_params, data_shape, params_path)
-        out_shape = self.symbol.infer_shape(**data_shape)[1][0]
+        check_params_match(symbol, arg_params, aux_params, data_shape, params_path)
+        out_shape = symbol.infer_shape(**data_shape)[1][0]
         if out_shape[1] != config.FC1_SIZE:
             raise CheckpointError(f"{params_path}: network gives {out_shape[1]} outputs per face, "
                                   f"an age/gender network gives {config.FC1_SIZE}")
-        names = set(self.symbol.list_arguments()) | set(self.symbol.list_auxiliary_states())
-        self._params = {k: v.as_in_context(self.ctx) for k, v in list(arg_params.items()) + list(aux_params.items())
-                        if k in names}
-        self._executors = OrderedDict()
+        return MXNetRunner(symbol, {**arg_params, **aux_params}, ctx, max_executors=8)
 
-    def _executor(self, n):
-        exe = self._executors.get(n)
-        if exe is None:
-            shape = (n, 3) + self.image_size
-            args = {name: (mx.nd.zeros(shape, self.ctx) if name == "data" else self._params[name])
-                    for name in self.symbol.list_arguments()}
-            aux = {name: self._params[name] for name in self.symbol.list_auxiliary_states()}
-            exe = self.symbol.bind(self.ctx, args, grad_req="null", aux_states=aux)
-            self._executors[n] = exe
-            if len(self._executors) > 8:
-                self._executors.popitem(last=False)
-        else:
-            self._executors.move_to_end(n)
-        return exe
+    def _check_onnx(self, path):
+        """Refuse an ONNX file that is not an age/gender network for this face size."""
+        shape = self.runner.input_shape
+        if len(shape) != 4 or tuple(shape[2:]) != self.image_size:
+            raise CheckpointError(f"{path}: input shape {shape} does not take {self.image_size} faces")
+        probe = self.runner.run(np.zeros((1, 3) + self.image_size, np.float32))
+        if len(probe) != 1 or probe[0].shape != (1, config.FC1_SIZE):
+            raise CheckpointError(f"{path}: network gives outputs of shape {[p.shape for p in probe]}, "
+                                  f"an age/gender network gives one (N, {config.FC1_SIZE})")
 
     def forward(self, batch):
         """Run N x 3 x H x W float32 RGB faces (0..255) through the net; returns N x 202 float32."""
         batch = np.asarray(batch, dtype=np.float32)
-        outputs = []
-        for start in range(0, batch.shape[0], self.max_batch):
-            chunk = batch[start:start + self.max_batch]
-            exe = self._executor(chunk.shape[0])
-            exe.arg_dict["data"][:] = chunk
-            exe.forward(is_train=False)
-            outputs.append(exe.outputs[0].asnumpy())
+        outputs = [self.runner.run(batch[start:start + self.max_batch])[0]
+                   for start in range(0, batch.shape[0], self.max_batch)]
         if not outputs:
             return np.zeros((0, config.FC1_SIZE), np.float32)
         return np.concatenate(outputs)

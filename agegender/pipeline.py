@@ -6,6 +6,7 @@ Example::
     from agegender.image import read_image
 
     analyzer = FaceAnalyzer()                      # shipped model, MTCNN, CPU (or GPU 0 if present)
+    analyzer = FaceAnalyzer(backend="onnx")        # the same on onnxruntime (after `python export.py --defaults`)
     image, _ = read_image("sample-images/astronaut.jpg")
     for face in analyzer.analyze(image):
         print(face["bbox"], face["age"], face["gender"])
@@ -14,48 +15,62 @@ import cv2
 
 from . import config
 from .align import align_face
+from .backends import check_backend
 from .errors import AgeGenderError
 from .model import AgeGenderModel, get_context
 
 DETECTORS = {0: "mtcnn", 1: "essh"}
 
 
-def create_detector(det=0, ctx=None, mtcnn_model=None, essh_model=None, threshold=None, min_face=None):
+def create_detector(det=0, ctx=None, mtcnn_model=None, essh_model=None, threshold=None, min_face=None,
+                    backend="mxnet"):
     """Build the face detector: ``det=0`` MTCNN, ``det=1`` ESSH/RetinaFace.
 
     ``threshold`` is MTCNN's last-stage (ONet) threshold or ESSH's score threshold; ``min_face`` is
-    MTCNN's minimum face size in pixels.
+    MTCNN's minimum face size in pixels. On ``backend="onnx"`` the models are exported ONNX files
+    (defaults under ``models/onnx``).
     """
+    onnx = check_backend(backend) == "onnx"
     if det == 0:
         from mtcnn import MtcnnDetector
         thresholds = list(config.MTCNN_THRESHOLDS)
         if threshold is not None:
             thresholds[-1] = threshold
-        return MtcnnDetector(model_dir=mtcnn_model or config.MTCNN_MODEL_DIR, ctx=ctx,
+        default_dir = config.ONNX_MTCNN_MODEL_DIR if onnx else config.MTCNN_MODEL_DIR
+        return MtcnnDetector(model_dir=mtcnn_model or default_dir, ctx=ctx, backend=backend,
                              min_face=min_face or config.MTCNN_MIN_FACE, thresholds=tuple(thresholds))
     if det == 1:
         from essh import ESSHDetector
-        return ESSHDetector(model=essh_model or config.ESSH_DEFAULT_MODEL, ctx=ctx)
+        default_model = config.ONNX_ESSH_DEFAULT_MODEL if onnx else config.ESSH_DEFAULT_MODEL
+        return ESSHDetector(model=essh_model or default_model, ctx=ctx, backend=backend)
     raise AgeGenderError(f"--det {det}: unknown detector (0 = MTCNN, 1 = ESSH)")
 
 
 class FaceAnalyzer:
     """Load the age/gender model and a detector once; call :meth:`analyze` per image.
 
-    ``model`` is ``"prefix,epoch"`` of an age/gender checkpoint; ``det`` 0 = MTCNN, 1 = ESSH, ``None``
-    for aligned faces only; ``gpu`` < 0 forces the CPU (a GPU is used only when MXNet sees one).
+    ``backend="mxnet"``: ``model`` is ``"prefix,epoch"`` of an age/gender checkpoint (None: the shipped
+    one). ``backend="onnx"``: every network is an ONNX file written by ``export.py`` and run by
+    onnxruntime, without MXNet; ``model`` is the age/gender ``.onnx`` file, ``mtcnn_model`` a folder of
+    ``det*.onnx``, ``essh_model`` a ``.onnx`` file (None: the exports under ``models/onnx``).
+    ``det`` 0 = MTCNN, 1 = ESSH, ``None`` for aligned faces only; ``gpu`` < 0 forces the CPU (a GPU is used
+    only on MXNet, when it sees one).
     """
 
-    def __init__(self, model=config.DEFAULT_MODEL, det=0, gpu=-1, mtcnn_model=None, essh_model=None,
-                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64):
-        self.ctx = get_context(gpu)
+    def __init__(self, model=None, det=0, gpu=-1, mtcnn_model=None, essh_model=None,
+                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet"):
+        self.backend = check_backend(backend)
+        self.ctx = get_context(gpu) if backend == "mxnet" else None
         self.image_size = tuple(image_size)
-        self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size)
+        if model is None:
+            model = config.ONNX_DEFAULT_MODEL if backend == "onnx" else config.DEFAULT_MODEL
+        self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size,
+                                    backend=backend)
         self.det = det
         self.detector_name = DETECTORS.get(det, "aligned")
         self.threshold = threshold
         self.detector = None if det is None else create_detector(det, self.ctx, mtcnn_model, essh_model,
-                                                                 threshold, min_face)
+                                                                 threshold, min_face, backend)
 
     def detect(self, image):
         """Return ``(boxes (N,5), landmarks (N,5,2))`` for a BGR uint8 image."""

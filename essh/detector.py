@@ -1,25 +1,26 @@
-"""ESSH-family face detector on MXNet (SPEC §8): boxes and five landmarks per face, on CPU or GPU.
+"""ESSH-family face detector (SPEC §8): boxes and five landmarks per face, on CPU or GPU.
 
 :class:`ESSHDetector` runs any checkpoint with the 9-output ESSH deploy layout (see
 :mod:`essh.symbols`); how it normalises pixels and decodes anchors follows the checkpoint's family
-(:mod:`essh.families`).
+(:mod:`essh.families`). The network runs on MXNet or, from a file written by ``export.py``, on
+onnxruntime (:mod:`agegender.backends`); the onnx backend never imports MXNet.
 """
-from collections import OrderedDict
-
 import cv2
-import mxnet as mx
 import numpy as np
 
 from agegender import config
-from agegender.checkpoint import check_params_match, checkpoint_paths, load_checkpoint, parse_model_spec
+from agegender.backends import MXNetRunner, OnnxRunner, check_backend
+from agegender.checkpoint import checkpoint_paths, parse_model_spec
 from agegender.errors import CheckpointError, ImageError
 from rcnn.processing.bbox_transform import bbox_overlaps, bbox_pred, clip_boxes, clip_points, landmark_pred
 from rcnn.processing.generate_anchor import anchors_plane, generate_anchors_fpn
 from rcnn.processing.nms import cpu_nms_wrapper, gpu_nms_wrapper
 
 from .families import AUX_RENAMES, FAMILIES, detect_family
-from .symbols import NUM_ANCHORS, STRIDES
+from .layout import NUM_ANCHORS, STRIDES
 
+# Metadata key of an exported ONNX file naming the checkpoint's family (written by export.py).
+ONNX_FAMILY_KEY = "essh.family"
 # Short side 1200 / long side 1600 (enhanced-ssh test.py) and the WIDER pyramid around 800 / 1200.
 AUTO_SCALE_SIDES = (1200, 1600)
 PYRAMID_SIDES = (800, 1200)
@@ -83,39 +84,59 @@ def box_voting(dets, landmarks, threshold):
 class ESSHDetector:
     """Face detector for ESSH-layout checkpoints (original ESSH, insightface RetinaFace, converted default).
 
-    ``model`` is ``"prefix,epoch"``; ``family`` None picks it per checkpoint (:mod:`essh.families`);
-    ``nms`` None takes the family's threshold; ``scales`` is the default for :meth:`detect`
-    (None: ``[1.0]``); ``voting=True`` replaces NMS by box voting.
+    ``backend="mxnet"``: ``model`` is ``"prefix,epoch"``. ``backend="onnx"``: ``model`` is an ONNX file
+    written by ``export.py --essh-model`` (its metadata names the family; ``ctx`` is ignored).
+    ``family`` None picks it per checkpoint (:mod:`essh.families`); ``nms`` None takes the family's
+    threshold; ``scales`` is the default for :meth:`detect` (None: ``[1.0]``); ``voting=True`` replaces
+    NMS by box voting.
     """
 
     def __init__(self, model=config.ESSH_DEFAULT_MODEL, ctx=None, family=None, nms=None, scales=None,
-                 voting=False, max_executors=4):
-        self.prefix, self.epoch = parse_model_spec(model)
-        self.ctx = ctx or mx.cpu()
-        sym, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch, aux_renames=AUX_RENAMES)
-        params_path = checkpoint_paths(self.prefix, self.epoch)[1]
-        name = family or detect_family(self.prefix, sym)
+                 voting=False, max_executors=4, backend="mxnet"):
+        self.backend = check_backend(backend)
+        if backend == "onnx":
+            self.runner = OnnxRunner(model)
+            name = family or self.runner.metadata.get(ONNX_FAMILY_KEY)
+            if name is None:
+                raise CheckpointError(f"{model}: no '{ONNX_FAMILY_KEY}' metadata; export it with export.py "
+                                      f"--essh-model or pass family=")
+            expected_outputs = 3 * len(STRIDES)
+            if len(self.runner.output_names) != expected_outputs:
+                raise CheckpointError(f"{model}: {len(self.runner.output_names)} outputs; an ESSH deploy graph "
+                                      f"has {expected_outputs}")
+            self.ctx = None
+        else:
+            name = self._load_mxnet(model, ctx, family, max_executors)
         if name not in FAMILIES:
             raise ValueError(f"unknown detector family '{name}' (known: {', '.join(FAMILIES)})")
         self.family = FAMILIES[name]
-        self._check_layout(sym, arg_params, aux_params, params_path)
-        self.symbol = sym
         self.nms_threshold = self.family.nms if nms is None else float(nms)
         self.scales = [1.0] if scales is None else scales
         resolve_scales(self.scales, (1, 1))   # refuse a bad option now rather than at the first image
         self.voting = voting
-        self.max_executors = max_executors
-        self._params = {k: v.as_in_context(self.ctx) for k, v in list(arg_params.items()) + list(aux_params.items())}
-        self._executors = OrderedDict()
-        if self.ctx.device_type == "gpu":
+        if self.ctx is not None and self.ctx.device_type == "gpu":
             self._nms = gpu_nms_wrapper(self.nms_threshold, self.ctx.device_id)
         else:
             self._nms = cpu_nms_wrapper(self.nms_threshold)
         self._ssh_base_anchors = dict(zip(STRIDES, generate_anchors_fpn()))
 
+    def _load_mxnet(self, model, ctx, family, max_executors):
+        """Load and check the checkpoint, set ``self.runner``; returns the family name."""
+        import mxnet as mx
+        from agegender.checkpoint import load_checkpoint
+        self.prefix, self.epoch = parse_model_spec(model)
+        self.ctx = ctx or mx.cpu()
+        sym, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch, aux_renames=AUX_RENAMES)
+        params_path = checkpoint_paths(self.prefix, self.epoch)[1]
+        name = family or detect_family(self.prefix, sym)
+        self._check_layout(sym, arg_params, aux_params, params_path)
+        self.runner = MXNetRunner(sym, {**arg_params, **aux_params}, self.ctx, max_executors=max_executors)
+        return name
+
     @staticmethod
     def _check_layout(sym, arg_params, aux_params, params_path):
         """Raise CheckpointError unless ``sym`` has the 9 ESSH outputs and the params fit it."""
+        from agegender.checkpoint import check_params_match
         data_shape = {"data": (1, 3, 128, 128)}
         check_params_match(sym, arg_params, aux_params, data_shape, params_path)
         out_shapes = sym.infer_shape(**data_shape)[1]
@@ -124,20 +145,6 @@ class ESSHDetector:
         if channels != expected:
             raise CheckpointError(f"{params_path}: network outputs have {channels} channels; an ESSH deploy "
                                   f"graph has {expected} ([cls, bbox, landmark] x strides 32, 16, 8)")
-
-    def _executor(self, shape):
-        exe = self._executors.get(shape)
-        if exe is None:
-            args = {name: (mx.nd.zeros(shape, self.ctx) if name == "data" else self._params[name])
-                    for name in self.symbol.list_arguments()}
-            aux = {name: self._params[name] for name in self.symbol.list_auxiliary_states()}
-            exe = self.symbol.bind(self.ctx, args, grad_req="null", aux_states=aux)
-            self._executors[shape] = exe
-            if len(self._executors) > self.max_executors:
-                self._executors.popitem(last=False)
-        else:
-            self._executors.move_to_end(shape)
-        return exe
 
     def input_tensor(self, img_bgr, scale=1.0):
         """The network input for ``img_bgr`` resized by ``scale``: 1 x 3 x h x w float32, family-normalised."""
@@ -151,10 +158,7 @@ class ESSHDetector:
 
     def forward(self, tensor):
         """Run the network on a 1 x 3 x h x w tensor; returns the 9 outputs as numpy arrays."""
-        exe = self._executor(tuple(tensor.shape))
-        exe.arg_dict["data"][:] = tensor
-        exe.forward(is_train=False)
-        return [out.asnumpy() for out in exe.outputs]
+        return self.runner.run(tensor)
 
     def _anchors(self, stride, height, width):
         """Anchors of one stride over an output of height x width, in (row, col, anchor) order."""

@@ -18,7 +18,7 @@ from agegender import config
 from agegender.checkpoint import checkpoint_paths
 from agegender.errors import CheckpointError
 
-from .symbols import ESSH_OUTPUT_PREFIX, RETINAFACE_OUTPUT_PREFIX
+from .layout import ESSH_OUTPUT_PREFIX, RETINAFACE_OUTPUT_PREFIX
 
 ESSH = "essh"
 RETINAFACE = "retinaface"

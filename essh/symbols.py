@@ -7,12 +7,9 @@ probabilities, softmax over each pair), ``bbox`` 4A (dx, dy, dw, dh per anchor) 
 """
 import mxnet as mx
 
-STRIDES = (32, 16, 8)
-NUM_ANCHORS = 2
-LEAKY_SLOPE = 0.1
+from .layout import ESSH_OUTPUT_PREFIX, NUM_ANCHORS, RETINAFACE_OUTPUT_PREFIX, STRIDES  # noqa: F401  (re-exported)
 
-ESSH_OUTPUT_PREFIX = "rpn"          # rpn_cls_prob_reshape_stride32, rpn_kpoint_pred_stride8, ...
-RETINAFACE_OUTPUT_PREFIX = "face_rpn"  # face_rpn_cls_prob_reshape_stride32, face_rpn_landmark_pred_stride8, ...
+LEAKY_SLOPE = 0.1
 
 
 def _conv(data, name, num_filter, kernel=3, stride=1, num_group=1, act=None):

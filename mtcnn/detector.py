@@ -2,21 +2,19 @@
 
 Numerically it follows the original ``MtcnnDetector.detect_face`` (same rounding, crop dtypes, NMS
 order and in-place clipping of boxes), but binds every network once per input shape and runs the
-RNet/ONet/LNet crops as batches.
+RNet/ONet/LNet crops as batches. The networks run on MXNet or, from files written by ``export.py``, on
+onnxruntime (:mod:`agegender.backends`); the onnx backend never imports MXNet.
 """
 import math
 import os
-from collections import OrderedDict
 
 import cv2
-import mxnet as mx
 import numpy as np
 
 from agegender import config
-from agegender.checkpoint import check_params_match, checkpoint_paths, load_checkpoint
+from agegender.backends import MXNetRunner, OnnxRunner, check_backend
+from agegender.checkpoint import checkpoint_paths
 from agegender.errors import CheckpointError
-
-from .symbols import NETWORKS
 
 EPOCH = 1
 CELL_SIZE = 12
@@ -32,13 +30,15 @@ WIDE_CONV1_FILTERS = {"det1": 16, "det2": 32, "det4": 32}
 PNET_CACHE_VALUES = 36_000_000
 
 
-def load_network(model_dir, name):
-    """Load ``<model_dir>/<name>-symbol.json`` + ``-0001.params`` into the symbol of mtcnn/symbols.py.
+def read_network(model_dir, name):
+    """Load ``<model_dir>/<name>-symbol.json`` + ``-0001.params`` as the symbol of mtcnn/symbols.py.
 
     The JSON must describe the same parameters as our symbol (checked); the params must match it in
-    shape. Raises CheckpointError naming the file otherwise. Returns ``(symbol, arg_params)`` ready to
-    run (conv1 widened, see widen_first_conv).
+    shape. Raises CheckpointError naming the file otherwise. Returns ``(symbol, arg_params)``.
     """
+    from agegender.checkpoint import check_params_match, load_checkpoint
+
+    from .symbols import NETWORKS
     build, input_shape = NETWORKS[name]
     prefix = os.path.join(model_dir, name)
     sym_path, params_path = checkpoint_paths(prefix, EPOCH)
@@ -50,7 +50,12 @@ def load_network(model_dir, name):
         missing = sorted(expected - declared) or sorted(declared - expected)
         raise CheckpointError(f"{sym_path}: not an MTCNN {name} network (parameters differ: {', '.join(missing[:3])})")
     check_params_match(symbol, arg_params, aux_params, {"data": input_shape}, params_path)
-    return widen_first_conv(name, arg_params)
+    return symbol, arg_params
+
+
+def load_network(model_dir, name):
+    """:func:`read_network` with conv1 widened for speed (see widen_first_conv); returns ``(symbol, params)``."""
+    return widen_first_conv(name, read_network(model_dir, name)[1])
 
 
 def widen_first_conv(network, arg_params):
@@ -59,6 +64,9 @@ def widen_first_conv(network, arg_params):
     The extra filters have zero weights and bias, so they output 0 (and PReLU/pooling keep 0); conv2
     gets zero weights for them, so the network computes the same function.
     """
+    import mxnet as mx
+
+    from .symbols import NETWORKS
     build, _ = NETWORKS[network]
     filters = WIDE_CONV1_FILTERS.get(network)
     if filters is None:
@@ -79,48 +87,36 @@ def _zero_pad(array, axis, size):
     return np.pad(array, widths)
 
 
-class _BoundNetwork:
-    """A network with its parameters on ``ctx`` and executors cached by input shape (LRU by input size)."""
+class CascadeNetwork:
+    """One cascade stage's network on a runner of :mod:`agegender.backends`."""
 
-    def __init__(self, symbol, arg_params, ctx, max_cached_values=None):
-        self.symbol = symbol
-        self.ctx = ctx
-        self.params = {k: v.as_in_context(ctx) for k, v in arg_params.items()}
-        self.max_cached_values = max_cached_values
-        self._executors = OrderedDict()
-
-    def _executor(self, shape):
-        exe = self._executors.get(shape)
-        if exe is not None:
-            self._executors.move_to_end(shape)
-            return exe
-        args = {n: (mx.nd.zeros(shape, self.ctx) if n == "data" else self.params[n])
-                for n in self.symbol.list_arguments()}
-        exe = self.symbol.bind(self.ctx, args, grad_req="null")
-        self._executors[shape] = exe
-        if self.max_cached_values is not None:
-            while len(self._executors) > 1 and sum(np.prod(s) for s in self._executors) > self.max_cached_values:
-                self._executors.popitem(last=False)
-        return exe
+    def __init__(self, runner):
+        self.runner = runner
 
     def run(self, batch):
-        """Forward one float32 batch of exactly the bound shape; returns the outputs as NumPy arrays."""
-        exe = self._executor(batch.shape)
-        exe.arg_dict["data"][:] = batch
-        exe.forward(is_train=False)
-        return [out.asnumpy() for out in exe.outputs]
+        """Forward one float32 batch; returns the outputs as NumPy arrays."""
+        return self.runner.run(batch)
 
     def run_batched(self, batch):
-        """Forward N samples in chunks of at most MAX_BATCH, each padded to a power-of-two batch size."""
+        """Forward N samples in chunks of at most MAX_BATCH.
+
+        On a runner that binds per shape (MXNet) each chunk is padded to a power-of-two batch size, so
+        few executors are bound.
+        """
         results = []
         for start in range(0, batch.shape[0], MAX_BATCH):
             chunk = batch[start:start + MAX_BATCH]
             n = chunk.shape[0]
-            size = min(MAX_BATCH, 1 << (n - 1).bit_length())
+            size = min(MAX_BATCH, 1 << (n - 1).bit_length()) if self.runner.fixed_shapes else n
             if size != n:
                 chunk = np.concatenate([chunk, np.zeros((size - n,) + chunk.shape[1:], np.float32)])
             results.append([out[:n] for out in self.run(chunk)])
         return [np.concatenate(parts) for parts in zip(*results)]
+
+
+def onnx_path(model_dir, name):
+    """Where ``export.py --mtcnn-model`` writes network ``name`` (det1..det4) for ``--out-dir model_dir``."""
+    return os.path.join(model_dir, f"{name}.onnx")
 
 
 def normalise(images_hwc):
@@ -289,33 +285,50 @@ def as_bgr_uint8(image):
 
 
 class MtcnnDetector:
-    """Multi-task cascaded face detector with five landmarks (MXNet, SPEC §6).
+    """Multi-task cascaded face detector with five landmarks (SPEC §6).
 
-    ``model_dir`` holds ``det1``..``det3`` (and optionally ``det4`` = LNet) as ``detN-symbol.json`` +
-    ``detN-0001.params``. Without ``det4``, ``accurate_landmark`` is silently off and the landmarks are
-    ONet's. ``detect(image)`` returns ``(boxes (N,5) [x1,y1,x2,y2,score], landmarks (N,5,2) (x,y))``.
+    ``backend="mxnet"``: ``model_dir`` holds ``det1``..``det3`` (and optionally ``det4`` = LNet) as
+    ``detN-symbol.json`` + ``detN-0001.params``. ``backend="onnx"``: it holds ``det1.onnx``..``det3.onnx``
+    (optionally ``det4.onnx``) written by ``export.py`` and ``ctx`` is ignored. Without ``det4``,
+    ``accurate_landmark`` is silently off and the landmarks are ONet's.
+    ``detect(image)`` returns ``(boxes (N,5) [x1,y1,x2,y2,score], landmarks (N,5,2) (x,y))``.
     """
 
     def __init__(self, model_dir=config.MTCNN_MODEL_DIR, ctx=None, min_face=config.MTCNN_MIN_FACE,
-                 thresholds=config.MTCNN_THRESHOLDS, factor=config.MTCNN_FACTOR, accurate_landmark=True):
+                 thresholds=config.MTCNN_THRESHOLDS, factor=config.MTCNN_FACTOR, accurate_landmark=True,
+                 backend="mxnet"):
         if not 0 < factor < 1:
             raise ValueError(f"pyramid factor must be between 0 and 1, got {factor}")
         if min_face <= 0:
             raise ValueError(f"min_face must be positive, got {min_face}")
         if len(thresholds) != 3:
             raise ValueError(f"thresholds needs one value per stage (PNet, RNet, ONet), got {thresholds}")
-        self.ctx = ctx or mx.cpu()
+        self.backend = check_backend(backend)
         self.min_face = min_face
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = factor
         if not os.path.isdir(model_dir):
             raise CheckpointError(f"{model_dir}: MTCNN model folder not found (run `make models`)")
-        self.pnet = _BoundNetwork(*load_network(model_dir, "det1"), self.ctx, PNET_CACHE_VALUES)
-        self.rnet = _BoundNetwork(*load_network(model_dir, "det2"), self.ctx)
-        self.onet = _BoundNetwork(*load_network(model_dir, "det3"), self.ctx)
-        has_lnet = os.path.exists(checkpoint_paths(os.path.join(model_dir, "det4"), EPOCH)[1])
-        self.lnet = _BoundNetwork(*load_network(model_dir, "det4"), self.ctx) if has_lnet else None
+        self.ctx = None
+        if backend == "mxnet":
+            import mxnet as mx
+            self.ctx = ctx or mx.cpu()
+        self.pnet, self.rnet, self.onet = (self._load(model_dir, name) for name in ("det1", "det2", "det3"))
+        has_lnet = os.path.exists(self._network_file(model_dir, "det4"))
+        self.lnet = self._load(model_dir, "det4") if has_lnet else None
         self.accurate_landmark = bool(accurate_landmark and self.lnet is not None)
+
+    def _network_file(self, model_dir, name):
+        """The file whose presence says that network ``name`` is available on this backend."""
+        if self.backend == "onnx":
+            return onnx_path(model_dir, name)
+        return checkpoint_paths(os.path.join(model_dir, name), EPOCH)[1]
+
+    def _load(self, model_dir, name):
+        if self.backend == "onnx":
+            return CascadeNetwork(OnnxRunner(onnx_path(model_dir, name)))
+        cache = PNET_CACHE_VALUES if name == "det1" else None
+        return CascadeNetwork(MXNetRunner(*load_network(model_dir, name), self.ctx, max_cached_values=cache))
 
     def detect(self, image):
         """Detect faces in a BGR image; returns ``(boxes (N,5) float64, landmarks (N,5,2) float64)``.
