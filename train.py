@@ -37,7 +37,8 @@ from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
 from agegender.training import (LRSchedule, average_aux_params, broadcast_params, default_lr_steps,
                                 dist_steps_per_epoch, find_resume_epoch, get_devices, init_aux_keys, initializer_for,
-                                load_trainer_state, parse_lr_steps, save_trainer_state, state_paths)
+                                load_optimizer_states, load_trainer_state, parse_lr_steps, save_trainer_state,
+                                state_paths)
 from data.iterator import FaceImageIter
 
 log = logging.getLogger("train")
@@ -303,7 +304,7 @@ def train(args):
     optimizer_states_local = not (cluster.distributed and not cluster.sync)
     if resume_epoch is not None:
         if optimizer_states_local and state.get("optimizer_states", True):
-            module.load_optimizer_states(state_paths(prefix, resume_epoch)[0])
+            load_optimizer_states(module, state_paths(prefix, resume_epoch)[0])
         else:
             log.info("optimizer state (momentum, moments) starts afresh: not saved or kept on dist_async servers")
     trace = ParamTrace(args.trace_dir, rank) if args.trace_dir else None
@@ -384,7 +385,7 @@ def main(argv=None):
         train(args)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

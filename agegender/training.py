@@ -17,6 +17,7 @@ import glob
 import json
 import math
 import os
+import pickle
 import re
 
 import mxnet as mx
@@ -131,6 +132,31 @@ def save_trainer_state(prefix, epoch, module, state, optimizer_states=True):
     body = dict(state, version=STATE_VERSION, epoch=int(epoch), optimizer_states=bool(optimizer_states))
     _atomic_write(state_path, lambda tmp: _write_json(tmp, body))
     return state_path
+
+
+class _StatesUnpickler(pickle.Unpickler):
+    """Unpickler that builds only MXNet NDArrays and plain containers: a states file cannot run code."""
+
+    ALLOWED = {("mxnet.ndarray.ndarray", "NDArray"), ("builtins", "bytearray")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which an optimizer state never holds")
+        return super().find_class(module, name)
+
+
+def load_optimizer_states(module, path):
+    """Restore ``module``'s optimizer state from ``path`` after checking it holds nothing but arrays.
+
+    MXNet stores optimizer states as a pickle; loading one from an untrusted file would run any code it
+    names, so the file is first read with an unpickler that only allows NDArrays and containers.
+    """
+    try:
+        with open(path, "rb") as f:
+            _StatesUnpickler(f).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: not a valid optimizer state file ({exc})") from None
+    module.load_optimizer_states(path)
 
 
 def _write_json(path, obj):

@@ -15,7 +15,8 @@ import mxnet as mx
 import numpy as np
 
 from agegender.config import AGE_CLASSES, MAX_AGE
-from agegender.errors import DataError
+from agegender.errors import DataError, ImageError
+from agegender.image import decode_image
 
 from .records import PackReader
 
@@ -158,9 +159,10 @@ class FaceImageIter(mx.io.DataIter):
         key = self.reader.keys[row]
         with self._read_lock:
             _, jpeg = self._worker_reader.read(key)
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"{self.path_imgrec}: record {key}: image bytes cannot be decoded")
+        try:
+            image, _ = decode_image(jpeg, f"{self.path_imgrec}: record {key}")
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
         size = self.data_shape[1]
         if image.shape[:2] != (size, size):
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)

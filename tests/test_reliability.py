@@ -31,7 +31,7 @@ from agegender.config import PROJECT_ROOT
 from agegender.errors import CheckpointError, ImageError
 from agegender.image import read_image
 from agegender.model import AgeGenderModel
-from agegender.training import find_resume_epoch
+from agegender.training import find_resume_epoch, load_optimizer_states
 from data.records import PackReader, PackWriter, encode_face
 
 QUIET_ENV = dict(os.environ, OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1", PYTHONPATH=PROJECT_ROOT)
@@ -316,6 +316,27 @@ def test_pickle_payloads_are_rejected_without_being_run(model_copy, tmp_path):
         load_symbol(sym_path)
     with pytest.raises(CheckpointError):
         AgeGenderModel(f"{model_copy},0")
+    assert not marker.exists()
+
+
+def test_optimizer_state_pickle_payload_is_refused(tmp_path):
+    data = mx.sym.var("data")
+    net = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(data, num_hidden=3, name="fc"), name="softmax")
+    module = mx.mod.Module(net, context=mx.cpu())
+    module.bind([("data", (2, 4))], [("softmax_label", (2,))])
+    module.init_params()
+    module.init_optimizer(optimizer="sgd", optimizer_params={"momentum": 0.9})
+    module.forward(mx.io.DataBatch([mx.nd.ones((2, 4))], [mx.nd.zeros((2,))]), is_train=True)
+    module.backward()
+    module.update()
+    genuine = str(tmp_path / "genuine.states")
+    module.save_optimizer_states(genuine)
+    load_optimizer_states(module, genuine)                      # a real state file loads
+    marker = tmp_path / "payload-was-executed"
+    evil = tmp_path / "evil.states"
+    evil.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError, match="evil.states: not a valid optimizer state file"):
+        load_optimizer_states(module, str(evil))
     assert not marker.exists()
 
 
