@@ -42,17 +42,31 @@ class Finished(NamedTuple):
     returncode: int
     stdout: str
     stderr: str
-    peak_rss: int       # bytes
+    peak_rss: int       # bytes; 0 unless measured
 
 
-def run_measured(argv, timeout=300, stdout=None):
-    """Run ``argv`` in the project root; returns its exit status, output and its own peak RSS."""
+# Runs a script and writes its own peak RSS (VmHWM, kB) to a file at exit. The kernel's ru_maxrss of a child
+# cannot be used: it starts from the parent's high-water mark at fork, and pytest itself grows large.
+PEAK_WRAPPER = ("import atexit, runpy, sys\n"
+                "out = sys.argv.pop(1)\n"
+                "def report():\n"
+                "    with open('/proc/self/status') as f:\n"
+                "        kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))\n"
+                "    with open(out, 'w') as f:\n"
+                "        f.write(kb)\n"
+                "atexit.register(report)\n"
+                "sys.argv = sys.argv[1:]\n"
+                "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def run_measured(argv, timeout=300, stdout=None, peak_file=None):
+    """Run ``argv`` in the project root; returns its exit status, output and the peak RSS in ``peak_file``."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=QUIET_ENV, stdout=out if stdout is None else stdout,
                                    stderr=err)
         deadline = time.time() + timeout
         while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             if time.time() > deadline:
@@ -62,13 +76,20 @@ def run_measured(argv, timeout=300, stdout=None):
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        peak = 0
+        if peak_file is not None and os.path.exists(peak_file):
+            with open(peak_file) as f:
+                peak = int(f.read()) * 1024
         return Finished(process.returncode, out.read().decode("utf-8", "replace"),
-                        err.read().decode("utf-8", "replace"), usage.ru_maxrss * 1024)
+                        err.read().decode("utf-8", "replace"), peak)
 
 
 def run_cli(*args, **kwargs):
-    return run_measured([sys.executable, os.path.join(PROJECT_ROOT, "test.py"), "--quiet", *map(str, args)],
-                        **kwargs)
+    """Run test.py; the result's ``peak_rss`` is test.py's own peak memory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = os.path.join(scratch, "peak_kb")
+        return run_measured([sys.executable, "-c", PEAK_WRAPPER, peak_file, os.path.join(PROJECT_ROOT, "test.py"),
+                             "--quiet", *map(str, args)], peak_file=peak_file, **kwargs)
 
 
 def error_lines(result):
