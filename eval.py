@@ -20,7 +20,7 @@ from agegender import config
 from agegender.decode import decode_age, decode_age_expected, decode_gender
 from agegender.errors import AgeGenderError, DataError
 from agegender.metrics import age_gender_summary, cumulative_scores
-from agegender.model import AgeGenderModel, faces_to_batch, get_context
+from agegender.model import AgeGenderModel, get_context
 
 BATCH = 64
 CS_CURVE_MAX = 20
@@ -58,7 +58,7 @@ def evaluate(model, faces, progress=False):
     total = 0
 
     def flush():
-        fc1_parts.append(model.forward(faces_to_batch(pending)))
+        fc1_parts.append(model.predict(pending)[1])
         pending.clear()
 
     for face, gender, age in faces:
@@ -125,6 +125,7 @@ def parse_args(argv=None):
     p.add_argument("--aligned", action="store_true", help="CSV only: images are already aligned faces")
     p.add_argument("--mtcnn-model", default=config.MTCNN_MODEL_DIR, help="CSV only: MTCNN checkpoint folder")
     p.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
+    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     return p.parse_args(argv)
 
@@ -132,7 +133,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model = AgeGenderModel(args.model, ctx=get_context(args.gpu))
+        model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip)
         if args.data.endswith(".rec") or args.data.endswith(".idx"):
             faces = pack_faces(args.data)
         else:
@@ -141,7 +142,7 @@ def main(argv=None):
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result["model"], result["data"] = args.model, args.data
+    result["model"], result["data"], result["flip"] = args.model, args.data, args.flip
     text = json.dumps(result, indent=1)
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))

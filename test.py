@@ -31,6 +31,8 @@ def build_parser():
                         help="folder with MTCNN det1..det3 (+det4) checkpoints (onnx: detN.onnx files)")
     parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch' (onnx: a file)")
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 112x112 faces")
+    parser.add_argument("--flip", action="store_true",
+                        help="average each face's estimate with its mirror image's (twice the network time)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="detector score threshold (MTCNN last stage, ESSH score)")
     parser.add_argument("--min-face", type=int, default=None, help="MTCNN minimum face size in pixels")
@@ -77,7 +79,8 @@ def main(argv=None):
         analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
                                 mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
                                 threshold=args.threshold, min_face=args.min_face,
-                                image_size=args.image_size, batch_size=args.batch_size, backend=args.backend)
+                                image_size=args.image_size, batch_size=args.batch_size, backend=args.backend,
+                                flip=args.flip)
         return run(analyzer, args)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,11 +36,14 @@ class AgeGenderModel:
     ``backend="mxnet"``: ``model`` is a checkpoint ``"prefix,epoch"``; the symbol is cut at ``fc1_output``
     (202 values per face) and bound once per batch size. ``backend="onnx"``: ``model`` is an ONNX file
     written by ``export.py`` (``ctx`` is ignored). Larger inputs are split into chunks of ``max_batch`` faces.
+    ``flip=True`` averages each face's ``fc1`` with that of its mirror image (test-time augmentation: twice
+    the network time, a better estimate; off by default, which gives the original's numbers).
     """
 
     def __init__(self, model=config.DEFAULT_MODEL, ctx=None, image_size=config.IMAGE_SIZE, max_batch=64,
-                 backend="mxnet"):
+                 backend="mxnet", flip=False):
         self.backend = check_backend(backend)
+        self.flip = flip
         self.image_size = tuple(image_size)
         self.max_batch = max_batch
         if backend == "onnx":
@@ -89,5 +92,8 @@ class AgeGenderModel:
         """Estimate age and gender for aligned BGR faces; returns ``(list of dicts, fc1 array)``."""
         if len(faces_bgr) == 0:
             return [], np.zeros((0, config.FC1_SIZE), np.float32)
-        fc1 = self.forward(faces_to_batch(faces_bgr))
+        batch = faces_to_batch(faces_bgr)
+        fc1 = self.forward(batch)
+        if self.flip:
+            fc1 = (fc1 + self.forward(batch[..., ::-1])) / 2
         return decode_faces(fc1), fc1

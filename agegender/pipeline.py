@@ -54,18 +54,19 @@ class FaceAnalyzer:
     onnxruntime, without MXNet; ``model`` is the age/gender ``.onnx`` file, ``mtcnn_model`` a folder of
     ``det*.onnx``, ``essh_model`` a ``.onnx`` file (None: the exports under ``models/onnx``).
     ``det`` 0 = MTCNN, 1 = ESSH, ``None`` for aligned faces only; ``gpu`` < 0 forces the CPU (a GPU is used
-    only on MXNet, when it sees one).
+    only on MXNet, when it sees one); ``flip=True`` averages each face with its mirror image.
     """
 
     def __init__(self, model=None, det=0, gpu=-1, mtcnn_model=None, essh_model=None,
-                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet"):
+                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet",
+                 flip=False):
         self.backend = check_backend(backend)
         self.ctx = get_context(gpu) if backend == "mxnet" else None
         self.image_size = tuple(image_size)
         if model is None:
             model = config.ONNX_DEFAULT_MODEL if backend == "onnx" else config.DEFAULT_MODEL
         self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size,
-                                    backend=backend)
+                                    backend=backend, flip=flip)
         self.det = det
         self.detector_name = DETECTORS.get(det, "aligned")
         self.threshold = threshold

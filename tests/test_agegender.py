@@ -127,3 +127,14 @@ def test_checkpoint_round_trip_and_errors(tmp_path, shared, original_model):
     (tmp_path / "junk-symbol.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="junk-symbol.json: not a valid MXNet symbol JSON"):
         AgeGenderModel(str(tmp_path / "junk") + ",0")
+
+
+def test_flip_averages_face_and_mirror(original_model, reference_dir):
+    face = cv2.imread(os.path.join(reference_dir, "test1_face0_aligned112.png"))
+    plain = AgeGenderModel(original_model)
+    flipped = AgeGenderModel(original_model, flip=True)
+    _, both = flipped.predict([face])
+    _, one = plain.predict([face])
+    _, mirror = plain.predict([face[:, ::-1].copy()])
+    np.testing.assert_allclose(both, (one + mirror) / 2, atol=1e-5)
+    assert np.abs(both - one).max() > 1e-3          # the mirror really changes the estimate
