@@ -148,3 +148,17 @@ def test_unopenable_video_and_mismatched_checkpoint(tmp_path, shared, original_m
 def test_usage_errors_exit_2():
     assert run_cli("--det", "7").returncode == 2
     assert run_cli("--every", "0").returncode == 2
+
+
+def test_no_arguments_runs_the_shipped_defaults(tmp_path):
+    """`python test.py` alone: sample image, shipped model, MTCNN, picture + JSON under ./output."""
+    result = subprocess.run([sys.executable, os.path.join(PROJECT_ROOT, "test.py")], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "output" / "astronaut.json") as f:
+        records = json.load(f)
+    assert records[0]["image"].endswith("astronaut.jpg") and records[0]["detector"] == "mtcnn"
+    faces = records[0]["faces"]
+    assert len(faces) == 1 and faces[0]["gender"] in ("F", "M") and 0 <= faces[0]["age"] <= 100
+    picture = cv2.imread(str(tmp_path / "output" / "astronaut_annotated.jpg"))
+    assert picture.shape == (512, 512, 3)
