@@ -127,7 +127,7 @@ def test_two_workers_match_each_other_and_one_process(packs, tmp_path):
         want = expected[name].asnumpy()
         # The weights must agree closely. The BatchNorm moving statistics are compared loosely: under heavy
         # load one CI run saw them 12% apart (about one momentum step) while every weight still matched,
-        # so some run-to-run variation of MXNet's CPU BatchNorm statistics remains (see the closing note).
+        # so some run-to-run variation of MXNet's CPU BatchNorm statistics remains, not yet explained.
         rtol = 1e-4 if name.startswith("arg:") else 0.25
         np.testing.assert_allclose(got[name].asnumpy(), want, rtol=rtol, atol=1e-5 * max(np.abs(want).max(), 1e-3),
                                    err_msg=name)
