@@ -104,13 +104,15 @@ def main(argv=None):
     except ValueError:
         parser.error(f"--image-size {args.image_size}: expected 'height,width'")
     try:
-        from agegender.onnx_export import export_agegender, export_essh, export_mtcnn
         for kind, source, destination in jobs:
             if kind == "agegender":
+                from agegender.onnx_export import export_agegender
                 paths = [export_agegender(source, destination, (height, width))]
             elif kind == "essh":
+                from essh.export import export_essh
                 paths = [export_essh(source, destination)]
             else:
+                from mtcnn.export import export_mtcnn
                 paths = export_mtcnn(source, destination)
             note = ""
             if not args.no_check:

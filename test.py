@@ -74,8 +74,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        from agegender.pipeline import FaceAnalyzer
-        from agegender.runner import run
+        from analysis.pipeline import FaceAnalyzer
+        from analysis.runner import run
         analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
                                 mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
                                 threshold=args.threshold, min_face=args.min_face,

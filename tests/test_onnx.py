@@ -16,8 +16,9 @@ from agegender.checkpoint import load_checkpoint, parse_model_spec, save_checkpo
 from agegender.config import PROJECT_ROOT
 from agegender.errors import CheckpointError
 from agegender.model import AgeGenderModel, faces_to_batch
-from agegender.onnx_export import export_agegender, export_essh, export_mtcnn
+from agegender.onnx_export import export_agegender
 from mtcnn.detector import MtcnnDetector, crop_resized, normalise
+from mtcnn.export import export_mtcnn
 from tests.golden import assert_estimates_match, load_reference
 
 GOLDEN_STEMS = ["test1", "test2", "test", "oscar1", "t2", "Tom_Hanks_54745"]
@@ -101,6 +102,7 @@ def test_default_essh_matches_mxnet(tmp_path, sample_images_dir):
     if not os.path.exists(f"{prefix}-{epoch:04d}.params"):
         pytest.skip("default ESSH weights not converted (run `make models`)")
     from essh.detector import ESSHDetector
+    from essh.export import export_essh
     path = export_essh(config.ESSH_DEFAULT_MODEL, str(tmp_path / "essh.onnx"))
     reference, onnx_detector = ESSHDetector(), ESSHDetector(path, backend="onnx")
     assert onnx_detector.family == reference.family

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import cv2
 
-from .errors import ImageError
-from .image import IMAGE_EXTENSIONS
+from agegender.errors import ImageError
+from agegender.image import IMAGE_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 

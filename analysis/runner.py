@@ -8,9 +8,10 @@ import sys
 import cv2
 from tqdm import tqdm
 
+from agegender.errors import AgeGenderError
+from agegender.image import read_image
+
 from .draw import draw_faces
-from .errors import AgeGenderError
-from .image import read_image
 from .inputs import expand_inputs, iter_video_frames, output_name
 
 

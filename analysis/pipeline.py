@@ -2,7 +2,7 @@
 
 Example::
 
-    from agegender.pipeline import FaceAnalyzer
+    from analysis.pipeline import FaceAnalyzer
     from agegender.image import read_image
 
     analyzer = FaceAnalyzer()                      # shipped model, MTCNN, CPU (or GPU 0 if present)
@@ -13,11 +13,11 @@ Example::
 """
 import cv2
 
-from . import config
-from .align import align_face
-from .backends import check_backend
-from .errors import AgeGenderError
-from .model import AgeGenderModel, get_context
+from agegender import config
+from agegender.align import align_face
+from agegender.backends import check_backend
+from agegender.errors import AgeGenderError
+from agegender.model import AgeGenderModel, get_context
 
 DETECTORS = {0: "mtcnn", 1: "essh"}
 
