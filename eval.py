@@ -3,10 +3,13 @@
     python eval.py --data work-data/utkface/val.rec --model runs/m1/model,30 --json out.json --plot out.png
     python eval.py --data labels.csv --split val --model models/agegender-m1,0 --json out.json
 
-``--data`` is a RecordIO pack of aligned faces (labels [gender, age]) or a CSV ``path,age,gender[,split]``
-of face images, which are detected and aligned exactly as ``data.prepare`` does for training packs
-(``--aligned`` when the images are already aligned 112x112 crops). Ages are compared with the labels
-as stored (not capped at 100). Gender 9999 (unknown) is left out of gender accuracy.
+``--data`` is a RecordIO pack of aligned faces (labels [gender, age]) or a CSV
+``path,age,gender[,split][,race]`` of face images, which are detected and aligned exactly as
+``data.prepare`` does for training packs (``--aligned`` when the images are already aligned 112x112
+crops). Ages are compared with the labels as stored (not capped at 100). Gender 9999 (unknown) is left
+out of gender accuracy. The JSON's ``fairness`` holds the same figures by race group (the CSV's ``race``
+column or the pack's ``.meta.csv`` sidecar, when there is one), by gender and by age decade, with gender
+accuracy also apart for children under 10 and everyone older.
 """
 import argparse
 import json
@@ -19,7 +22,7 @@ import numpy as np
 from agegender import config
 from agegender.decode import decode_age, decode_age_expected, decode_gender
 from agegender.errors import AgeGenderError, DataError
-from agegender.metrics import age_gender_summary, cumulative_scores
+from agegender.metrics import age_gender_summary, cumulative_scores, fairness_report
 from agegender.model import AgeGenderModel, get_context
 
 BATCH = 64
@@ -27,16 +30,23 @@ CS_CURVE_MAX = 20
 
 
 def pack_faces(path):
-    """Yield ``(face_bgr, gender, age)`` for every record of a pack, in file order."""
-    from data.records import PackReader
+    """Yield ``(face_bgr, gender, age, race)`` for every record of a pack, in file order; race is None
+    without a ``.meta.csv`` sidecar."""
+    from data.records import PackReader, meta_path
     with PackReader(path) as reader:
+        meta = reader.read_meta()
+        if meta is None:
+            print(f"note: {meta_path(path)} not found: no race groups (python -m data.prepare SOURCE --out DIR "
+                  f"--meta-only writes it)", file=sys.stderr)
+        races = meta["race"] if meta else [None] * len(reader.keys)
         for row, key in enumerate(reader.keys):
             gender, age = reader.labels[row]
-            yield reader.read_image(key)[1], int(gender), int(age)
+            yield reader.read_image(key)[1], int(gender), int(age), races[row]
 
 
 def csv_faces(path, split=None, aligned=False, mtcnn_model=config.MTCNN_MODEL_DIR):
-    """Yield ``(face_bgr or None, gender, age)`` for every CSV row (of ``split``); None when no face is found."""
+    """Yield ``(face_bgr or None, gender, age, race)`` for every CSV row (of ``split``); face None when no
+    face is found, race None when unknown."""
     from data.prepare import OK, FaceAligner
     from data.sources import read_csv
     items = [item for item in read_csv(path)[0] if not split or item.split == split]
@@ -46,57 +56,75 @@ def csv_faces(path, split=None, aligned=False, mtcnn_model=config.MTCNN_MODEL_DI
     for item in items:
         status, payload = aligner(item.source)
         face = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if status == OK else None
-        yield face, item.gender, item.age
+        yield face, item.gender, item.age, item.race
 
 
 def evaluate(model, faces, progress=False):
-    """Run ``model`` over ``(face_bgr or None, gender, age)`` tuples; returns the metrics dict."""
+    """Run ``model`` over ``(face_bgr or None, gender, age, race)`` tuples; returns the metrics dict."""
     if progress:
         from tqdm import tqdm
         faces = tqdm(faces, unit="face", file=sys.stderr)
-    genders, ages, fc1_parts, pending = [], [], [], []
+    genders, ages, races, fc1_parts, pending = [], [], [], [], []
     total = 0
 
     def flush():
         fc1_parts.append(model.predict(pending)[1])
         pending.clear()
 
-    for face, gender, age in faces:
+    for face, gender, age, race in faces:
         total += 1
         if face is None:
             continue
         pending.append(face)
         genders.append(gender)
         ages.append(age)
+        races.append(race)
         if len(pending) == BATCH:
             flush()
     if pending:
         flush()
     fc1 = np.concatenate(fc1_parts) if fc1_parts else np.zeros((0, config.FC1_SIZE), np.float32)
-    age_pred = decode_age(fc1)
-    result = age_gender_summary(ages, age_pred, decode_age_expected(fc1), genders, decode_gender(fc1)[0])
+    age_pred, age_expected, gender_pred = decode_age(fc1), decode_age_expected(fc1), decode_gender(fc1)[0]
+    result = age_gender_summary(ages, age_pred, age_expected, genders, gender_pred)
     result["n"], result["n_detected"] = total, len(ages)
     result["cs_curve"] = [round(float(v), 6) for v in cumulative_scores(ages, age_pred, CS_CURVE_MAX)]
     result["cs_curve_expected"] = [round(float(v), 6) for v in
-                                   cumulative_scores(ages, decode_age_expected(fc1), CS_CURVE_MAX)]
+                                   cumulative_scores(ages, age_expected, CS_CURVE_MAX)]
+    result["fairness"] = fairness_report(ages, age_pred, age_expected, genders, gender_pred, races)
     return result
 
 
+def _group_bars(axis, groups, series, ylabel, title):
+    """Grouped bars of ``series`` = [(label, key)] over ``groups`` = {name: group summary}; None bars left out."""
+    names = list(groups)
+    x = np.arange(len(names))
+    width = 0.8 / len(series)
+    for i, (label, key) in enumerate(series):
+        values = [groups[name][key] for name in names]
+        axis.bar(x + (i - (len(series) - 1) / 2) * width, [np.nan if v is None else v for v in values], width,
+                 label=label)
+    axis.set_xticks(x, [f"{name}\n{groups[name]['n']}" for name in names], fontsize=8)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    if len(series) > 1:
+        axis.legend(fontsize=8, ncol=len(series), loc="upper center")
+
+
 def plot(result, path, title=""):
-    """Save MAE by age decade (both decodings) and the cumulative-score curves to ``path``."""
+    """Save MAE and gender accuracy by age decade, the cumulative-score curves and MAE and gender accuracy by
+    race group and gender (fairness report; bar labels give the group's face count) to ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    decades = list(result["mae_by_decade"])
-    x = np.arange(len(decades))
-    left.bar(x - 0.2, [result["mae_by_decade"][d] for d in decades], 0.4, label="argmax count")
-    left.bar(x + 0.2, [result["mae_by_decade_expected"][d] for d in decades], 0.4, label="expected value")
-    left.set_xticks(x, decades)
-    left.set_xlabel("true age")
-    left.set_ylabel("MAE (years)")
-    left.set_title("MAE by age decade")
-    left.legend()
+    fig, axes = plt.subplot_mosaic("AABBCC;DDDEEE", figsize=(15, 8))
+    fairness = result["fairness"]
+    by_decade = fairness["by_decade"]
+    _group_bars(axes["A"], by_decade, [("argmax count", "mae"), ("expected value", "mae_expected")],
+                "MAE (years)", "MAE by age decade (true age; n below)")
+    _group_bars(axes["B"], by_decade, [("gender accuracy", "gender_acc")], "gender accuracy",
+                "gender accuracy by age decade")
+    axes["B"].set_ylim(0, 1.12)
+    right = axes["C"]
     thresholds = np.arange(len(result["cs_curve"]))
     right.plot(thresholds, result["cs_curve"], marker=".", label="argmax count")
     right.plot(thresholds, result["cs_curve_expected"], marker=".", label="expected value")
@@ -106,6 +134,14 @@ def plot(result, path, title=""):
     right.grid(alpha=0.3)
     right.set_title("cumulative score")
     right.legend()
+    groups = {**fairness.get("by_race", {}), **fairness["by_gender"]}
+    _group_bars(axes["D"], groups, [("argmax count", "mae"), ("expected value", "mae_expected")], "MAE (years)",
+                "MAE by race group and gender")
+    child = config.CHILD_AGE
+    _group_bars(axes["E"], groups, [("all ages", "gender_acc"), (f"age >= {child}", f"gender_acc_age{child}plus"),
+                                    (f"age < {child}", f"gender_acc_under{child}")],
+                "gender accuracy", "gender accuracy by race group and gender")
+    axes["E"].set_ylim(0, 1.12)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -120,7 +156,8 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="a .rec pack of aligned faces, or a CSV path,age,gender[,split]")
     p.add_argument("--model", default=config.DEFAULT_MODEL, help="checkpoint 'prefix,epoch'")
     p.add_argument("--json", default="", help="write the metrics to this JSON file")
-    p.add_argument("--plot", default="", help="draw MAE by decade and the cumulative score curve to this picture")
+    p.add_argument("--plot", default="", help="draw MAE and gender accuracy by decade, race group and gender, "
+                                               "and the cumulative score curve, to this picture")
     p.add_argument("--split", default="", help="CSV only: evaluate the rows of this split (train/val/test)")
     p.add_argument("--aligned", action="store_true", help="CSV only: images are already aligned faces")
     p.add_argument("--mtcnn-model", default=config.MTCNN_MODEL_DIR, help="CSV only: MTCNN checkpoint folder")

@@ -14,6 +14,11 @@ MAX_AGE = 100
 UNKNOWN_GENDER = 9999            # label value ignored by the gender loss and metrics
 OUTPUT_LAYER = "fc1_output"
 
+# Fairness report of eval.py: UTKFace race codes 0..4 (the `race` column) and the age below which gender
+# accuracy is reported apart (it is close to chance for babies in every model)
+RACE_NAMES = ("white", "black", "asian", "indian", "others")
+CHILD_AGE = 10
+
 # The project's own shipped model (trained by train.py on UTKFace, see models/MODEL_CARD.md)
 DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "agegender-m1") + ",0"
 

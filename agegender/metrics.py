@@ -4,7 +4,9 @@
 * MAE as the mean absolute error over samples (not a mean of per-batch means);
 * CS@5, the cumulative score: the fraction of samples with ``|error| <= 5`` years;
 * the same age metrics for the expected-value decoding ``E[age] = sum_k P(age > k)``;
-* padded samples at the end of an iterator are dropped before anything is counted.
+* padded samples at the end of an iterator are dropped before anything is counted;
+* the fairness report: the same figures by race group, by gender and by age decade, with gender accuracy
+  also given apart for children under ``config.CHILD_AGE`` and for everyone older.
 """
 import numpy as np
 
@@ -61,12 +63,11 @@ def age_gender_summary(age_true, age_pred, age_expected, gender_true, gender_pre
     def mean(values):
         return float(values.mean()) if values.size else None
 
-    decades = np.minimum(age_true // 10, 10).astype(np.int64)
+    decades = decade_names(age_true)
     by_decade, by_decade_expected = {}, {}
-    for decade in np.unique(decades):
-        name = "100+" if decade == 10 else f"{10 * decade}-{10 * decade + 9}"
-        by_decade[name] = mean(err[decades == decade])
-        by_decade_expected[name] = mean(err_expected[decades == decade])
+    for name in dict.fromkeys(decades[np.argsort(age_true, kind="stable")]):
+        by_decade[name] = mean(err[decades == name])
+        by_decade_expected[name] = mean(err_expected[decades == name])
     return {
         "n": int(age_true.size),
         "mae": mean(err),
@@ -80,6 +81,64 @@ def age_gender_summary(age_true, age_pred, age_expected, gender_true, gender_pre
         "gender_acc_by_gender": {name: mean(gender_ok[gender_true == value].astype(np.float64))
                                  for name, value in (("female", 0), ("male", 1))},
     }
+
+
+def decade_names(ages):
+    """Age decade of each age as a name: "0-9", "10-19", … "90-99", "100+"."""
+    decades = np.minimum(np.asarray(ages, dtype=np.float64) // 10, 10).astype(np.int64)
+    return np.array(["100+" if d == 10 else f"{10 * d}-{10 * d + 9}" for d in decades], dtype=object)
+
+
+def race_name(code):
+    """Name of a UTKFace race code (``config.RACE_NAMES``), "race N" beyond them, "unknown" for None."""
+    if code is None:
+        return "unknown"
+    return config.RACE_NAMES[code] if 0 <= code < len(config.RACE_NAMES) else f"race {code}"
+
+
+def group_summary(age_true, age_pred, age_expected, gender_true, gender_pred):
+    """Figures of one group: n, mae, mae_expected, cs5, then gender accuracy and its count over all ages
+    (gender_acc, n_gender), under ``config.CHILD_AGE`` (``*_under10``) and from it up (``*_age10plus``)."""
+    age_true = np.asarray(age_true, dtype=np.float64)
+    err = np.abs(np.asarray(age_pred, dtype=np.float64) - age_true)
+    err_expected = np.abs(np.asarray(age_expected, dtype=np.float64) - age_true)
+    gender_true = np.asarray(gender_true, dtype=np.int64)
+    gender_ok = (np.asarray(gender_pred, dtype=np.int64) == gender_true).astype(np.float64)
+    known = gender_true != config.UNKNOWN_GENDER
+    child = age_true < config.CHILD_AGE
+
+    def mean(values):
+        return float(values.mean()) if values.size else None
+
+    result = {"n": int(age_true.size), "mae": mean(err), "mae_expected": mean(err_expected),
+              "cs5": mean((err <= CS_THRESHOLD).astype(np.float64))}
+    for suffix, mask in (("", known), (f"_under{config.CHILD_AGE}", known & child),
+                         (f"_age{config.CHILD_AGE}plus", known & ~child)):
+        result["gender_acc" + suffix], result["n_gender" + suffix] = mean(gender_ok[mask]), int(mask.sum())
+    return result
+
+
+def fairness_report(age_true, age_pred, age_expected, gender_true, gender_pred, race=None):
+    """``group_summary`` of everyone ("all") and by group: "by_race" (only when ``race``, a code or None
+    per sample, knows any), "by_gender" ("female", "male"; unknown gender left out) and "by_decade"."""
+    columns = [np.asarray(c) for c in (age_true, age_pred, age_expected, gender_true, gender_pred)]
+
+    def summarise(mask):
+        return group_summary(*(c[mask] for c in columns))
+
+    ages, genders = columns[0], columns[3].astype(np.int64)
+    report = {"all": summarise(np.ones(len(ages), bool))}
+    if race is not None and any(code is not None for code in race):
+        names = np.array([race_name(code) for code in race], dtype=object)
+        known_codes = sorted({code for code in race if code is not None})
+        order = [race_name(code) for code in known_codes] + (["unknown"] if None in race else [])
+        report["by_race"] = {name: summarise(names == name) for name in order}
+    report["by_gender"] = {name: summarise(genders == value) for name, value in (("female", 0), ("male", 1))
+                           if (genders == value).any()}
+    decades = decade_names(ages)
+    report["by_decade"] = {name: summarise(decades == name)
+                           for name in dict.fromkeys(decades[np.argsort(ages, kind="stable")])}
+    return report
 
 
 def cumulative_scores(age_true, age_pred, max_error=20):

@@ -6,7 +6,9 @@ SOURCE is a UTKFace-style folder, a CSV (path,age,gender[,split]), an IMDB-WIKI 
 Each image is read, padded, searched with MTCNN (the face nearest the centre is kept), aligned and
 JPEG-encoded by a pool of worker processes; results are appended to a journal in DIR/.prepare so an
 interrupted run resumes where it stopped when the same command is run again. The packs are written
-from the journal at the end, in source order, so every kept image gives exactly one record.
+from the journal at the end, in source order, so every kept image gives exactly one record; each pack
+gets a sidecar ``<split>.meta.csv`` (record key -> source image, race code). ``--meta-only`` writes just
+the sidecars for packs made earlier from the same source and settings (checked against their labels).
 """
 import argparse
 import csv
@@ -30,7 +32,7 @@ from agegender.align import align_face
 from agegender.errors import AgeGenderError, DataError, ImageError
 from agegender.image import read_image
 
-from .records import JPEG_QUALITY, PackReader, PackWriter, encode_face
+from .records import JPEG_QUALITY, PackReader, PackWriter, encode_face, write_pack_meta
 from .sources import PACK_KEY_SEPARATOR, SPLITS, assign_splits, read_source, young_items
 
 WORK_DIR = ".prepare"
@@ -241,7 +243,8 @@ def write_packs(items, journal, out_dir, rejected):
             for index in indices:
                 status, payload = journal.read(index)
                 if status == OK:
-                    writer.write(payload, items[index].gender, items[index].age)
+                    item = items[index]
+                    writer.write(payload, item.gender, item.age, item.source, item.race)
                 else:
                     reason = payload.decode("utf-8")
                     skipped_rows.append((items[index].source, reason))
@@ -252,16 +255,50 @@ def write_packs(items, journal, out_dir, rejected):
     return counts, reasons
 
 
+def write_meta(items, out_dir):
+    """Write the sidecars of packs already in ``out_dir`` that were made from ``items`` (their kept images
+    in order, less those listed in skipped.csv); returns {split: records}. DataError when a pack's count or
+    labels show it was made from another source or settings."""
+    skipped_csv = os.path.join(out_dir, "skipped.csv")
+    if not os.path.isfile(skipped_csv):
+        raise DataError(f"{skipped_csv}: file not found (run the whole preparation instead of --meta-only)")
+    with open(skipped_csv, newline="", encoding="utf-8") as f:
+        skipped = {row["path"] for row in csv.DictReader(f)}
+    written = {}
+    for split in SPLITS:
+        kept = [item for item in items if item.split == split and item.source not in skipped]
+        if not kept:
+            continue
+        with PackReader(os.path.join(out_dir, split), check_labels=False) as reader:
+            if len(reader) != len(kept):
+                raise DataError(f"{reader.rec_path}: {len(reader)} records, but the source keeps {len(kept)} "
+                                f"{split} images; the pack was made from another source or settings")
+            for row, (key, item) in enumerate(zip(reader.keys, kept)):
+                gender, age = (int(v) for v in reader.labels[row])
+                if (gender, age) != (item.gender, item.age):
+                    raise DataError(f"{reader.rec_path}: record {key} is labelled [{gender}, {age}] but the "
+                                    f"source's image for it, {item.source}, is [{item.gender}, {item.age}]; "
+                                    f"the pack was made from another source or settings")
+            write_pack_meta(reader.rec_path, [(key, item.source, item.race) for key, item in zip(reader.keys, kept)])
+        written[split] = len(kept)
+    return written
+
+
 def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, workers=None, mtcnn_model=None,
             min_face="auto", pad=DEFAULT_PAD, aligned=False, min_face_score=1.0, swap_labels=False,
-            add_young=(), young_max_age=20, restart=False, keep_work=False, progress=True):
-    """Run the whole preparation (see the module docstring); returns a summary dict."""
+            add_young=(), young_max_age=20, restart=False, keep_work=False, progress=True, meta_only=False):
+    """Run the whole preparation (see the module docstring); returns a summary dict.
+
+    ``meta_only``: only write the sidecars of the packs already in ``out_dir`` (``{"meta": {split: n}}``).
+    """
     os.makedirs(out_dir, exist_ok=True)
     items, rejected = read_source(source, min_face_score=min_face_score, age_first=swap_labels)
     items = assign_splits(items, val_fraction, test_fraction, seed)
     items += young_items(add_young, young_max_age, age_first=swap_labels)
     if not items:
         raise DataError(f"{source}: no usable images (see {os.path.join(out_dir, 'skipped.csv')})")
+    if meta_only:
+        return {"source": source, "out": out_dir, "meta": write_meta(items, out_dir)}
     options = {"mtcnn_model": os.path.abspath(mtcnn_model or config.MTCNN_MODEL_DIR), "min_face": min_face,
                "pad": pad, "aligned": aligned}
     work = os.path.join(out_dir, WORK_DIR)
@@ -309,6 +346,9 @@ def parse_args(argv=None):
     parser.add_argument("--young-max-age", type=int, default=20, help="--add-young takes ages below this")
     parser.add_argument("--restart", action="store_true", help="discard an unfinished run in --out")
     parser.add_argument("--keep-work", action="store_true", help=f"keep the journal in OUT/{WORK_DIR}")
+    parser.add_argument("--meta-only", action="store_true",
+                        help="only write <split>.meta.csv (record -> source image, race) for the packs already "
+                             "in --out, made earlier from the same SOURCE and options")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.min_face != "auto":
@@ -328,7 +368,7 @@ def main(argv=None):
         summary = prepare(args.source, args.out, args.val_fraction, args.test_fraction, args.seed, args.workers,
                           args.mtcnn_model, args.min_face, args.pad, args.aligned, args.min_face_score,
                           args.swap_labels, args.add_young, args.young_max_age, args.restart, args.keep_work,
-                          progress=not args.quiet)
+                          progress=not args.quiet, meta_only=args.meta_only)
     except AgeGenderError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -338,6 +378,10 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     log.info("summary %s", json.dumps(summary))
+    if args.meta_only:
+        print("wrote " + ", ".join(f"{split}.meta.csv ({n} records)" for split, n in summary["meta"].items())
+              + f" to {args.out}")
+        return 0
     records = ", ".join(f"{split} {n}" for split, n in summary["records"].items())
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items()) or "none"
     print(f"wrote {records} records to {args.out}; skipped: {skipped} (list in {args.out}/skipped.csv)")

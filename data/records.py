@@ -4,7 +4,12 @@ A pack is ``NAME.rec`` + ``NAME.idx``. Each record is MXNet's ``IRHeader(flag=2,
 id, id2=0)`` followed by JPEG bytes; gender 0 = female, 1 = male, 9999 = unknown. Packs are written with
 ``mx.recordio.MXIndexedRecordIO`` (so MXNet reads them) and read here in pure Python, which lets every
 record be checked once when the pack is opened and gives one-line ``DataError`` messages.
+
+A pack may have a sidecar ``NAME.meta.csv`` (``key,source,race``: the image each record was made from and
+its race code, empty when unknown), written by ``data.prepare``; the fairness report of ``eval.py`` groups
+by its race. Packs without one work everywhere, only without race groups.
 """
+import csv
 import os
 import struct
 
@@ -22,12 +27,63 @@ _RECORD_HEAD = struct.Struct("<II")       # magic, lrec (29-bit length + 3-bit c
 _IR_HEADER = struct.Struct("<IfQQ")       # flag, label (unused when flag > 0), id, id2
 _LABELS = struct.Struct("<2f")
 _PROBE_SIZE = _RECORD_HEAD.size + _IR_HEADER.size + _LABELS.size
+META_SUFFIX = ".meta.csv"
+META_COLUMNS = ("key", "source", "race")
 
 
 def pack_paths(path):
     """Return ``(rec_path, idx_path)`` for ``NAME``, ``NAME.rec`` or ``NAME.idx``."""
     stem = path[:-4] if path.endswith((".rec", ".idx")) else path
     return stem + ".rec", stem + ".idx"
+
+
+def meta_path(path):
+    """Path of the sidecar ``NAME.meta.csv`` of pack ``NAME`` (``NAME.rec``, ``NAME.idx``)."""
+    return pack_paths(path)[0][:-4] + META_SUFFIX
+
+
+def write_pack_meta(path, rows):
+    """Write the sidecar of pack ``path`` atomically from ``(key, source, race or None)`` rows."""
+    target = meta_path(path)
+    tmp = target + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(META_COLUMNS)
+        writer.writerows((key, source, "" if race is None else int(race)) for key, source, race in rows)
+    os.replace(tmp, target)
+
+
+def read_pack_meta(path, keys):
+    """The sidecar of pack ``path`` as ``{"source": [...], "race": [int or None, ...]}`` in the order of
+    ``keys``; None when the pack has none. DataError when it does not describe exactly those records."""
+    target = meta_path(path)
+    if not os.path.isfile(target):
+        return None
+    by_key = {}
+    try:
+        with open(target, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != META_COLUMNS:
+                raise DataError(f"{target}: header is not {','.join(META_COLUMNS)}")
+            for row in reader:
+                try:
+                    key = int(row["key"])
+                    race = int(row["race"]) if row["race"] else None
+                    if race is not None and race < 0:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    raise DataError(f"{target}: line {reader.line_num}: key {row['key']!r} / race {row['race']!r} "
+                                    f"is not a whole number >= 0") from None
+                if key in by_key:
+                    raise DataError(f"{target}: line {reader.line_num} repeats key {key}")
+                by_key[key] = (row["source"], race)
+    except UnicodeDecodeError:
+        raise DataError(f"{target}: not a UTF-8 text CSV") from None
+    missing = [key for key in keys if key not in by_key]
+    if missing or len(by_key) != len(keys):
+        raise DataError(f"{target}: lists {len(by_key)} records, the pack has {len(keys)}"
+                        + (f" (key {missing[0]} missing)" if missing else "") + "; sidecar does not match the pack")
+    return {"source": [by_key[key][0] for key in keys], "race": [by_key[key][1] for key in keys]}
 
 
 def encode_face(image_bgr, quality=JPEG_QUALITY):
@@ -49,8 +105,10 @@ def check_label(gender, age, where):
 class PackWriter:
     """Write a pack atomically: records go to temporary files renamed onto ``NAME.rec/.idx`` by close().
 
-    ``write(jpeg_bytes, gender, age)`` stores one record with id = running index (0, 1, 2, ...).
-    Used as a context manager; an exception inside the ``with`` block removes the temporary files.
+    ``write(jpeg_bytes, gender, age)`` stores one record with id = running index (0, 1, 2, ...); when
+    any record was given a ``source`` or ``race``, close() also writes the sidecar ``NAME.meta.csv`` (and
+    otherwise removes a stale one). Used as a context manager; an exception inside the ``with`` block
+    removes the temporary files.
     """
 
     def __init__(self, path):
@@ -61,13 +119,16 @@ class PackWriter:
         self._tmp_rec, self._tmp_idx = self.rec_path + ".tmp", self.idx_path + ".tmp"
         self._record = mx.recordio.MXIndexedRecordIO(self._tmp_idx, self._tmp_rec, "w")
         self._mx = mx
+        self._meta = []
         self.count = 0
 
-    def write(self, jpeg_bytes, gender, age):
-        """Append one face (already JPEG-encoded) with label [gender, age]; returns its id."""
+    def write(self, jpeg_bytes, gender, age, source="", race=None):
+        """Append one face (already JPEG-encoded) with label [gender, age] and, for the sidecar, the
+        image it came from and its race code; returns its id."""
         check_label(gender, age, self.rec_path)
         header = self._mx.recordio.IRHeader(0, [float(gender), float(age)], self.count, 0)
         self._record.write_idx(self.count, self._mx.recordio.pack(header, jpeg_bytes))
+        self._meta.append((self.count, source, race))
         self.count += 1
         return self.count - 1
 
@@ -79,6 +140,10 @@ class PackWriter:
         self._record = None
         os.replace(self._tmp_rec, self.rec_path)
         os.replace(self._tmp_idx, self.idx_path)
+        if any(source or race is not None for _, source, race in self._meta):
+            write_pack_meta(self.rec_path, self._meta)
+        elif os.path.exists(meta_path(self.rec_path)):
+            os.remove(meta_path(self.rec_path))
 
     def abort(self):
         """Drop the temporary files without touching an existing pack of the same name."""
@@ -204,6 +269,10 @@ class PackReader:
         payload = self.read_payload(key)
         start = _IR_HEADER.size + _LABELS.size
         return np.array(_LABELS.unpack_from(payload, _IR_HEADER.size), np.float32), payload[start:]
+
+    def read_meta(self):
+        """The pack's sidecar in ``keys`` order (see ``read_pack_meta``), or None without one."""
+        return read_pack_meta(self.rec_path, self.keys)
 
     def read_image(self, key):
         """Return ``(label, image)`` with the image decoded as H x W x 3 uint8 BGR."""

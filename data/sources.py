@@ -8,7 +8,7 @@ import csv
 import datetime
 import os
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -21,15 +21,16 @@ from .records import MAX_LABEL_AGE, PackReader, check_label
 SPLITS = ("train", "val", "test")
 UNASSIGNED = ""
 PACK_KEY_SEPARATOR = "#"            # an item read from a pack is named "<pack.rec>#<key>"
-UTKFACE_NAME = re.compile(r"^(\d+)_(\d+)_")
+UTKFACE_NAME = re.compile(r"^(\d+)_(\d+)_(?:(\d+)_)?")
 
 
 class Item(NamedTuple):
-    """One source image with its label and split ('' until assigned)."""
+    """One source image with its label, split ('' until assigned) and race code (None: unknown)."""
     source: str
     gender: int
     age: int
     split: str = UNASSIGNED
+    race: Optional[int] = None
 
 
 def assign_splits(items, val_fraction, test_fraction=0.0, seed=0):
@@ -45,7 +46,8 @@ def assign_splits(items, val_fraction, test_fraction=0.0, seed=0):
 
 
 def read_utkface_folder(folder):
-    """Images under ``folder`` named ``age_gender_race_date.jpg[.chip.jpg]`` (UTKFace gender 0 = male)."""
+    """Images under ``folder`` named ``age_gender_race_date.jpg[.chip.jpg]`` (UTKFace gender 0 = male;
+    a few UTKFace names lack the race)."""
     items, rejected = [], []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -58,14 +60,18 @@ def read_utkface_folder(folder):
                 rejected.append((path, "file name is not age_gender_... with gender 0/1 and age 0..120"))
                 continue
             age, utk_gender = int(match.group(1)), int(match.group(2))
-            items.append(Item(path, 1 - utk_gender, age))
+            race = int(match.group(3)) if match.group(3) else None
+            items.append(Item(path, 1 - utk_gender, age, race=race))
     if not items and not rejected:
         raise DataError(f"{folder}: no images found")
     return items, rejected
 
 
 def read_csv(path):
-    """A CSV with columns ``path,age,gender[,split]``; paths relative to the CSV's folder."""
+    """A CSV with columns ``path,age,gender[,split][,race]``; paths relative to the CSV's folder.
+
+    ``race`` is UTKFace's code (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); empty or negative: unknown.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     items = []
     try:
@@ -75,11 +81,12 @@ def read_csv(path):
             missing = [c for c in ("path", "age", "gender") if c not in columns]
             if missing:
                 raise DataError(f"{path}: missing column(s) {', '.join(missing)} (needs path,age,gender[,split])")
-            has_split = "split" in columns
+            has_split, has_race = "split" in columns, "race" in columns
             for row in reader:
                 where = f"{path}: line {reader.line_num}"
                 items.append(Item(os.path.join(folder, row["path"] or ""), *_parse_label(row, where),
-                                  _parse_split(row, where) if has_split else UNASSIGNED))
+                                  _parse_split(row, where) if has_split else UNASSIGNED,
+                                  _parse_race(row, where) if has_race else None))
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text CSV") from None
     if not items:
@@ -103,6 +110,15 @@ def _parse_split(row, where):
     if split not in SPLITS:
         raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     return split
+
+
+def _parse_race(row, where):
+    text = (row.get("race") or "").strip()
+    try:
+        race = int(text) if text else -1
+    except ValueError:
+        raise DataError(f"{where}: race {text!r} is not a whole number") from None
+    return race if race >= 0 else None
 
 
 def matlab_datenum_year(datenum):
@@ -158,16 +174,19 @@ def read_imdb_wiki_mat(path, min_face_score=1.0):
 
 
 def read_pack(path, age_first=False):
-    """Records of a pack as items named ``<pack.rec>#<key>``; ``age_first`` for [age, gender] labels."""
+    """Records of a pack as items named ``<pack.rec>#<key>`` (race from its sidecar, if any); ``age_first``
+    for [age, gender] labels."""
     reader = PackReader(path, check_labels=False)
     try:
+        meta = reader.read_meta()
+        races = meta["race"] if meta else [None] * len(reader.keys)
         items = []
-        for key, label in zip(reader.keys, reader.labels):
+        for key, label, race in zip(reader.keys, reader.labels, races):
             age, gender = (label[0], label[1]) if age_first else (label[1], label[0])
             where = f"{reader.rec_path}: record {key}"
             check_label(float(gender), float(age), where + (" (labels read as [age, gender])" if age_first else
                                                             " (labels read as [gender, age]; see --swap-labels)"))
-            items.append(Item(f"{reader.rec_path}{PACK_KEY_SEPARATOR}{key}", int(gender), int(age)))
+            items.append(Item(f"{reader.rec_path}{PACK_KEY_SEPARATOR}{key}", int(gender), int(age), race=race))
     finally:
         reader.close()
     stem = os.path.splitext(os.path.basename(reader.rec_path))[0]
@@ -182,7 +201,7 @@ def young_items(pack_paths, max_age, age_first=False):
     for path in pack_paths:
         for item in read_pack(path, age_first)[0]:
             if item.age < max_age:
-                items.append(Item(item.source, UNKNOWN_GENDER, item.age, "train"))
+                items.append(Item(item.source, UNKNOWN_GENDER, item.age, "train", item.race))
     return items
 
 

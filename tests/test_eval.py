@@ -7,7 +7,8 @@ import pytest
 
 from agegender import config
 from agegender.losses import get_loss_symbol
-from agegender.metrics import AgeGenderMetric, age_gender_summary, cumulative_scores, label_ages, losses
+from agegender.metrics import (AgeGenderMetric, age_gender_summary, cumulative_scores, fairness_report, label_ages,
+                                losses)
 from agegender.training import LRSchedule, default_lr_steps, get_devices, parse_lr_steps
 
 
@@ -47,6 +48,29 @@ def test_summary_decade_over_100_and_empty():
     assert result["mae_by_decade"] == {"100+": 5.0}
     empty = age_gender_summary([], [], [], [], [])
     assert empty["n"] == 0 and empty["mae"] is None and empty["gender_acc"] is None
+
+
+def test_fairness_report_by_hand():
+    # ages 5, 8, 25, 40, 70; races white, black, white, unknown, code 7 (beyond UTKFace's names)
+    report = fairness_report([5, 8, 25, 40, 70], [9, 8, 20, 40, 60], [5.0, 8.0, 25.0, 40.0, 70.0],
+                             [1, 0, 0, 9999, 1], [0, 0, 0, 1, 1], [0, 1, 0, None, 7])
+    assert list(report["by_race"]) == ["white", "black", "race 7", "unknown"]
+    white = report["by_race"]["white"]
+    assert white["n"] == 2 and white["mae"] == pytest.approx(4.5) and white["cs5"] == 1.0   # errors 4 and 5
+    # white: the 5-year-old boy is wrong (child), the 25-year-old woman right (adult)
+    assert (white["gender_acc"], white["gender_acc_under10"], white["gender_acc_age10plus"]) == (0.5, 0.0, 1.0)
+    assert (white["n_gender_under10"], white["n_gender_age10plus"]) == (1, 1)
+    unknown = report["by_race"]["unknown"]
+    assert unknown["n"] == 1 and unknown["n_gender"] == 0 and unknown["gender_acc"] is None
+    assert report["all"]["n_gender"] == 4 and report["all"]["gender_acc"] == pytest.approx(0.75)
+    assert report["all"]["gender_acc_under10"] == pytest.approx(0.5)
+    assert report["all"]["gender_acc_age10plus"] == pytest.approx(1.0)
+    assert {name: g["n"] for name, g in report["by_gender"].items()} == {"female": 2, "male": 2}
+    assert list(report["by_decade"]) == ["0-9", "20-29", "40-49", "70-79"]
+    assert report["by_decade"]["0-9"]["mae"] == pytest.approx(2.0)
+    assert report["by_decade"]["70-79"]["mae_expected"] == 0.0
+    assert "by_race" not in fairness_report([30], [30], [30.0], [1], [1], [None])
+    assert "by_race" not in fairness_report([30], [30], [30.0], [1], [1])
 
 
 def test_cumulative_scores():
