@@ -40,6 +40,18 @@ ONNX_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "agegender-m1.onnx")
 ONNX_MTCNN_MODEL_DIR = os.path.join(ONNX_MODEL_DIR, "mtcnn")
 ONNX_ESSH_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "retinaface-mnet25.onnx")
 
+# Video face tracks (agegender/tracking.py): boxes of one face in successive processed frames overlap by
+# at least this IoU; a face may be missed in up to TRACK_MAX_GAP processed frames and keep its track.
+TRACK_IOU = 0.3
+TRACK_MAX_GAP = 5
+
+# Web service (serve.py): upload size, decoded pixels (larger sequential JPEGs are decoded at reduced size,
+# other images refused), requests waiting beyond the busy workers, result pages kept for the upload page.
+SERVE_MAX_BYTES = 20 * 1024 * 1024
+SERVE_MAX_PIXELS = 40_000_000
+SERVE_QUEUE = 64
+SERVE_RESULT_PAGES = 16
+
 # Sample image shipped with the project (see sample-images/README.md)
 DEFAULT_IMAGE = os.path.join(PROJECT_ROOT, "sample-images", "astronaut.jpg")
 

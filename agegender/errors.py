@@ -13,5 +13,9 @@ class ImageError(AgeGenderError):
     """An input image cannot be read or used."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image refused for its size (bytes or pixels) before decoding; the web service answers 413."""
+
+
 class DataError(AgeGenderError):
     """A data set file (RecordIO pack, index, CSV, .mat) is malformed."""

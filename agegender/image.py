@@ -7,14 +7,15 @@ JPEG) and refused otherwise, and files above ``MAX_FILE_BYTES`` are refused unre
 import contextlib
 import io
 import os
-import sys
 import struct
+import sys
+import threading
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLargeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm")
 MAX_PIXELS = 60_000_000             # decoded at full size up to this many pixels
@@ -29,21 +30,34 @@ _JPEG_SEQUENTIAL = {0xC0, 0xC1}
 _JPEG_STANDALONE = set(range(0xD0, 0xD9)) | {0x01}
 
 
+_quiet_lock = threading.Lock()
+_quiet_state = {"depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
     """Silence what native libraries (libpng, libjpeg, MXNet's C++ log) print on stderr, for a moment.
 
-    The process-wide file descriptor 2 is redirected, so only use it around short calls on the main thread.
+    The process-wide file descriptor 2 is redirected while at least one caller is inside (a count under a
+    lock, so threads overlapping in time, as the web service's workers do, restore the real stderr at the
+    end rather than each other's devnull); keep the calls inside short.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    with _quiet_lock:
+        if _quiet_state["depth"] == 0:
+            sys.stderr.flush()
+            _quiet_state["saved"] = os.dup(2)
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+        _quiet_state["depth"] += 1
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _quiet_lock:
+            _quiet_state["depth"] -= 1
+            if _quiet_state["depth"] == 0:
+                os.dup2(_quiet_state["saved"], 2)
+                os.close(_quiet_state["saved"])
+                _quiet_state["saved"] = None
 
 
 class ImageHeader(NamedTuple):
@@ -77,7 +91,7 @@ def read_header(f, where):
         with Image.open(f) as im:
             return ImageHeader(im.format or "?", im.size[0], im.size[1], False)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{where}: refused, too large to decode ({str(exc).split(',')[0]})") from None
+        raise ImageTooLargeError(f"{where}: refused, too large to decode ({str(exc).split(',')[0]})") from None
     except Exception:  # noqa: BLE001 - any header PIL cannot parse means "not a known image"
         return None
 
@@ -130,12 +144,12 @@ def _reduction_for(header, max_pixels, path):
         return cv2.IMREAD_COLOR, 1
     size = f"{header.width}x{header.height} {header.format}"
     if not header.reducible:
-        raise ImageError(f"{path}: {size} image refused, more than {max_pixels} pixels "
+        raise ImageTooLargeError(f"{path}: {size} image refused, more than {max_pixels} pixels "
                          f"(only sequential JPEGs are decoded at reduced size)")
     for factor, flag in REDUCTIONS:
         if pixels / factor ** 2 <= max_pixels:
             return flag, factor
-    raise ImageError(f"{path}: {size} image refused, more than {max_pixels} pixels even at 1/8 size")
+    raise ImageTooLargeError(f"{path}: {size} image refused, more than {max_pixels} pixels even at 1/8 size")
 
 
 def _decode(data, header, where, max_pixels):
@@ -185,7 +199,7 @@ def read_image(path, max_pixels=MAX_PIXELS, max_bytes=MAX_FILE_BYTES):
         if size == 0:
             raise ImageError(f"{path}: empty file")
         if size > max_bytes:
-            raise ImageError(f"{path}: file of {size} bytes refused (limit {max_bytes} bytes)")
+            raise ImageTooLargeError(f"{path}: file of {size} bytes refused (limit {max_bytes} bytes)")
         with open(path, "rb") as f:
             header = read_header(f, path)
             if header is not None:

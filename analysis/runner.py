@@ -151,8 +151,9 @@ def _frames(item, args):
         yield None, image, scale
 
 
-def _record(item, frame, image, scale, detector, faces):
-    return {"image": item.path, "frame": frame, "width": int(round(image.shape[1] * scale)),
+def image_record(path, frame, image, scale, detector, faces):
+    """The JSON record of one picture or video frame, as test.py writes it (``scale``: see read_image)."""
+    return {"image": path, "frame": frame, "width": int(round(image.shape[1] * scale)),
             "height": int(round(image.shape[0] * scale)), "detector": detector, "faces": faces}
 
 
@@ -186,7 +187,7 @@ def run(analyzer, args):
         else:
             results = analyzer.analyze_many(images, raw=args.raw, scales=[entry[3] for entry in pending])
         for (item, frame, image, scale), faces in zip(pending, results):
-            record = _record(item, frame, image, scale, analyzer.detector_name, faces)
+            record = image_record(item.path, frame, image, scale, analyzer.detector_name, faces)
             for writer in writers:
                 writer.write(record)
             if pictures or args.show:

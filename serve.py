@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Serve age/gender estimation over HTTP: the models are loaded once, requests share a pool of workers.
+
+    python serve.py --host 127.0.0.1 --port 8080
+    curl -F image=@photo.jpg http://127.0.0.1:8080/analyze        # the JSON record test.py writes
+    curl --data-binary @photo.jpg http://127.0.0.1:8080/analyze   # the same, raw bytes as the body
+    python serve.py --backend onnx --workers 2                    # onnxruntime (python export.py --defaults)
+
+GET / is an upload page showing the annotated picture and a table of faces; GET /health says it is up.
+"""
+import argparse
+import sys
+
+from agegender import config
+from agegender.errors import AgeGenderError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port")
+    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
+                        help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
+    parser.add_argument("--model", default=None, help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file)")
+    parser.add_argument("--gpu", type=int, default=0,
+                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
+    parser.add_argument("--det", type=int, default=0, choices=[0, 1], help="0 = MTCNN, 1 = ESSH/RetinaFace")
+    parser.add_argument("--mtcnn-model", default=None, help="folder of MTCNN checkpoints (onnx: detN.onnx files)")
+    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch' (onnx: a file)")
+    parser.add_argument("--aligned", action="store_true", help="uploads are already aligned faces (no detector)")
+    parser.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    parser.add_argument("--threshold", type=float, default=None, help="detector score threshold")
+    parser.add_argument("--min-face", type=int, default=None, help="MTCNN minimum face size in pixels")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="requests analysed at the same time, each worker with its own loaded models")
+    parser.add_argument("--queue", type=int, default=config.SERVE_QUEUE,
+                        help="requests that may wait for a worker; more are answered 503")
+    parser.add_argument("--max-bytes", type=int, default=config.SERVE_MAX_BYTES,
+                        help="largest accepted request body (413 above)")
+    parser.add_argument("--max-pixels", type=int, default=config.SERVE_MAX_PIXELS,
+                        help="pictures above this are decoded at reduced size (sequential JPEG) or refused (413)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("workers", "max_bytes", "max_pixels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.queue < 0:
+        parser.error("--queue must be at least 0")
+    try:
+        from agegender.pipeline import FaceAnalyzer
+        from agegender.service import create_app
+        analyzers = [FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
+                                  mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
+                                  threshold=args.threshold, min_face=args.min_face, backend=args.backend,
+                                  flip=args.flip)
+                     for _ in range(args.workers)]
+    except AgeGenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    import uvicorn
+    app = create_app(analyzers, max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_waiting=args.queue,
+                     backend=args.backend)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
