@@ -51,8 +51,8 @@ def main(argv=None):
     if args.queue < 0:
         parser.error("--queue must be at least 0")
     try:
-        from agegender.pipeline import FaceAnalyzer
-        from agegender.service import create_app
+        from analysis.pipeline import FaceAnalyzer
+        from analysis.service import create_app
         analyzers = [FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
                                   mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
                                   threshold=args.threshold, min_face=args.min_face, backend=args.backend,

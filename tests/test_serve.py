@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from agegender.config import PROJECT_ROOT
-from agegender.draw import draw_faces
+from analysis.draw import draw_faces
 
 IMAGES = ["test2.jpg", "test.jpg", "Tom_Hanks_54745.png"]
 MAX_BYTES = 3_000_000

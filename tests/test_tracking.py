@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agegender.tracking import FaceTracker, box_iou
+from analysis.tracking import FaceTracker, box_iou
 
 SHIFT = (4, 2)          # pixels per frame (x, y)
 BLANK_FRAME = 3         # frame index left empty: no face is detected there
@@ -21,7 +21,7 @@ def shifted(image, k):
 @pytest.fixture(scope="module")
 def detected_frames(sample_images_dir):
     """``[(frame, faces)]`` for 7 frames of test2.jpg moving by SHIFT, frame 3 blank: real MTCNN + model."""
-    from agegender.pipeline import FaceAnalyzer
+    from analysis.pipeline import FaceAnalyzer
     analyzer = FaceAnalyzer(det=0, gpu=-1)
     base = cv2.imread(os.path.join(sample_images_dir, "test2.jpg"))
     frames = []

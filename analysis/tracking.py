@@ -12,7 +12,7 @@ track so far, of the expected age and of the probability of "male"::
 """
 import numpy as np
 
-from . import config
+from agegender import config
 
 
 def box_iou(boxes_a, boxes_b):

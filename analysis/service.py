@@ -19,10 +19,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from . import config
+from agegender import config
+from agegender.errors import AgeGenderError, ImageTooLargeError
+from agegender.image import decode_image
+
 from .draw import draw_faces
-from .errors import AgeGenderError, ImageTooLargeError
-from .image import decode_image
 from .runner import _rescaled, image_record
 
 
