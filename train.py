@@ -38,7 +38,7 @@ from agegender.metrics import AgeGenderMetric
 from agegender.training import (LRSchedule, average_aux_params, broadcast_params, default_lr_steps,
                                 dist_steps_per_epoch, find_resume_epoch, get_devices, init_aux_keys, initializer_for,
                                 load_optimizer_states, load_trainer_state, parse_lr_steps, save_trainer_state,
-                                state_paths)
+                                settled_aux_params, state_paths)
 from data.iterator import FaceImageIter
 
 log = logging.getLogger("train")
@@ -132,6 +132,7 @@ def format_metrics(values):
 
 def evaluate(module, data_iter):
     """Inference-mode pass over ``data_iter`` (BatchNorm uses its moving statistics); returns metrics."""
+    settled_aux_params(module)      # the last training step's moving statistics, not an earlier one's
     metric = AgeGenderMetric()
     data_iter.reset()
     for batch in data_iter:
@@ -202,7 +203,7 @@ class Cluster:
         """The BatchNorm statistics a checkpoint holds: under dist_sync their mean over the workers."""
         if self.sync and self.num_workers > 1:
             return average_aux_params(module, self.store, self.num_workers)
-        return module.get_params()[1]
+        return settled_aux_params(module)
 
 
 class ParamTrace:

@@ -228,10 +228,24 @@ def broadcast_params(module, kvstore):
 AUX_KEY_PREFIX = "aux:"
 
 
+def settled_aux_params(module):
+    """The BatchNorm moving statistics after every step queued so far, copied from the devices.
+
+    MXNet's CPU BatchNorm updates its moving statistics inside the *backward* operator, which declares them
+    as inputs only: the engine does not order later reads after that write. A copy queued right after a
+    step (``Module.get_params``, an inference forward) can therefore read the statistics of one or more
+    steps earlier, by an amount that depends on thread timing. Wait for all queued work first, and copy
+    again even when ``Module`` believes its cached copy is current (a copy taken mid-step cleared its flag).
+    """
+    mx.nd.waitall()
+    module._params_dirty = True     # Module's own cache flag; no public way to ask for a fresh copy
+    return module.get_params()[1]
+
+
 def init_aux_keys(module, kvstore):
     """Register the BatchNorm moving statistics in ``kvstore`` so ``average_aux_params`` can reduce them."""
-    for name, value in sorted(module.get_params()[1].items()):
-        kvstore.init(AUX_KEY_PREFIX + name, value)
+    for name, value in sorted(settled_aux_params(module).items()):
+        kvstore.init(AUX_KEY_PREFIX + name, value.copy())
 
 
 def average_aux_params(module, kvstore, num_workers):
@@ -241,11 +255,12 @@ def average_aux_params(module, kvstore, num_workers):
     mean is what a checkpoint holds, as ``Module.get_params`` averages them across devices. The workers'
     own statistics are left as they are (as the devices' are). Every worker must call this at the same step.
     """
-    aux_params = module.get_params()[1]
+    aux_params = settled_aux_params(module)
     averaged = {}
     for name in sorted(aux_params):
         total = mx.nd.zeros(aux_params[name].shape, dtype=aux_params[name].dtype)
-        kvstore.push(AUX_KEY_PREFIX + name, aux_params[name])
+        # a copy: on the CPU the dist kvstore keeps the pushed array as its buffer and pulls into it
+        kvstore.push(AUX_KEY_PREFIX + name, aux_params[name].copy())
         kvstore.pull(AUX_KEY_PREFIX + name, out=total)
         averaged[name] = total / num_workers
     return averaged

@@ -124,3 +124,31 @@ def test_eval_csv_counts_unreadable_images(packs, shared, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(out_json.read_text())
     assert result["n"] == 4 and result["n_detected"] == 3
+
+
+def test_settled_aux_params_hold_the_last_steps_batchnorm_update(shared):
+    """MXNet's CPU BatchNorm writes its moving statistics in the backward operator without telling the engine,
+    so a plain copy right after a step reads the statistics from before it; the settled copy must not."""
+    import mxnet as mx
+    from agegender.training import settled_aux_params
+    row = utkface_rows(shared, "train", 1)[0]
+    face = cv2.resize(cv2.imread(os.path.join(shared, "data", "utkface", row["path"])), (112, 112))
+    batch = np.repeat(face[None].transpose(0, 3, 1, 2).astype(np.float32), 32, axis=0)
+    data = mx.sym.Variable("data")
+    x = data
+    for i in range(5):   # enough work in the backward pass for the copy to overtake it
+        x = mx.sym.Convolution(x, num_filter=64, kernel=(3, 3), pad=(1, 1), name=f"conv{i}")
+    x = mx.sym.BatchNorm(x, fix_gamma=False, momentum=0.9, name="bn")
+    module = mx.mod.Module(mx.sym.MakeLoss(mx.sym.mean(x * x)), data_names=["data"], label_names=None,
+                           context=mx.cpu())
+    module.bind(data_shapes=[("data", batch.shape)])
+    module.init_params(mx.init.Xavier())
+    module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.0})
+    before = module.get_params()[1]["bn_moving_mean"].asnumpy()
+    module.forward_backward(mx.io.DataBatch([mx.nd.array(batch)]))
+    module.update()
+    settled = settled_aux_params(module)["bn_moving_mean"].asnumpy()
+    mx.nd.waitall()
+    on_device = module._exec_group.execs[0].aux_dict["bn_moving_mean"].asnumpy()
+    np.testing.assert_array_equal(settled, on_device)
+    assert np.abs(settled - before).max() > 1e-3      # the step's update is in it
