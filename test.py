@@ -12,6 +12,7 @@ import sys
 
 from agegender import config
 from agegender.errors import AgeGenderError
+from analysis.detectors import DETECTORS, describe_detectors
 
 
 def build_parser():
@@ -25,17 +26,16 @@ def build_parser():
                              "model (onnx: its export under models/onnx)")
     parser.add_argument("--gpu", type=int, default=0,
                         help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
-    parser.add_argument("--det", type=int, default=0, choices=[0, 1], help="0 = MTCNN, 1 = ESSH/RetinaFace")
+    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
     parser.add_argument("--image-size", default="112,112", help="aligned face size 'height,width'")
-    parser.add_argument("--mtcnn-model", default=None,
-                        help="folder with MTCNN det1..det3 (+det4) checkpoints (onnx: detN.onnx files)")
-    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch' (onnx: a file)")
+    for entry in DETECTORS.values():
+        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 112x112 faces")
     parser.add_argument("--flip", action="store_true",
                         help="average each face's estimate with its mirror image's (twice the network time)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="detector score threshold (MTCNN last stage, ESSH score)")
-    parser.add_argument("--min-face", type=int, default=None, help="MTCNN minimum face size in pixels")
+    parser.add_argument("--min-face", type=int, default=None, help="smallest face in pixels (MTCNN: searched; ESSH: smaller boxes dropped)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per forward batch")
     parser.add_argument("--images-per-batch", type=int, default=8, help="images whose faces share a batch")
     parser.add_argument("--every", type=int, default=1, help="videos: process every N-th frame")
@@ -77,7 +77,7 @@ def main(argv=None):
         from analysis.pipeline import FaceAnalyzer
         from analysis.runner import run
         analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
-                                mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
+                                det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
                                 threshold=args.threshold, min_face=args.min_face,
                                 image_size=args.image_size, batch_size=args.batch_size, backend=args.backend,
                                 flip=args.flip)

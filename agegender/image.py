@@ -209,3 +209,22 @@ def read_image(path, max_pixels=MAX_PIXELS, max_bytes=MAX_FILE_BYTES):
     except OSError as exc:
         raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return _decode(data, header, path, max_pixels)
+
+
+def as_bgr_uint8(image):
+    """Return an in-memory image as H x W x 3 uint8 BGR: grey is replicated, BGRA drops alpha, uint16 is
+    scaled to 8 bits. Raises ImageError for other layouts and dtypes (what every detector accepts)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"a detector needs a uint8 (or uint16) image, got dtype {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ImageError(f"a detector needs an H x W, H x W x 3 (BGR) or H x W x 4 (BGRA) image, got shape {image.shape}")

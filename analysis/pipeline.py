@@ -19,47 +19,22 @@ from agegender.backends import check_backend
 from agegender.errors import AgeGenderError
 from agegender.model import AgeGenderModel, get_context
 
-DETECTORS = {0: "mtcnn", 1: "essh"}
-
-
-def create_detector(det=0, ctx=None, mtcnn_model=None, essh_model=None, threshold=None, min_face=None,
-                    backend="mxnet"):
-    """Build the face detector: ``det=0`` MTCNN, ``det=1`` ESSH/RetinaFace.
-
-    ``threshold`` is MTCNN's last-stage (ONet) threshold or ESSH's score threshold; ``min_face`` is
-    MTCNN's minimum face size in pixels. On ``backend="onnx"`` the models are exported ONNX files
-    (defaults under ``models/onnx``).
-    """
-    onnx = check_backend(backend) == "onnx"
-    if det == 0:
-        from mtcnn import MtcnnDetector
-        thresholds = list(config.MTCNN_THRESHOLDS)
-        if threshold is not None:
-            thresholds[-1] = threshold
-        default_dir = config.ONNX_MTCNN_MODEL_DIR if onnx else config.MTCNN_MODEL_DIR
-        return MtcnnDetector(model_dir=mtcnn_model or default_dir, ctx=ctx, backend=backend,
-                             min_face=min_face or config.MTCNN_MIN_FACE, thresholds=tuple(thresholds))
-    if det == 1:
-        from essh import ESSHDetector
-        default_model = config.ONNX_ESSH_DEFAULT_MODEL if onnx else config.ESSH_DEFAULT_MODEL
-        return ESSHDetector(model=essh_model or default_model, ctx=ctx, backend=backend)
-    raise AgeGenderError(f"--det {det}: unknown detector (0 = MTCNN, 1 = ESSH)")
-
+from .detectors import create_detector, detector_entry
 
 class FaceAnalyzer:
     """Load the age/gender model and a detector once; call :meth:`analyze` per image.
 
     ``backend="mxnet"``: ``model`` is ``"prefix,epoch"`` of an age/gender checkpoint (None: the shipped
     one). ``backend="onnx"``: every network is an ONNX file written by ``export.py`` and run by
-    onnxruntime, without MXNet; ``model`` is the age/gender ``.onnx`` file, ``mtcnn_model`` a folder of
-    ``det*.onnx``, ``essh_model`` a ``.onnx`` file (None: the exports under ``models/onnx``).
-    ``det`` 0 = MTCNN, 1 = ESSH, ``None`` for aligned faces only; ``gpu`` < 0 forces the CPU (a GPU is used
-    only on MXNet, when it sees one); ``flip=True`` averages each face with its mirror image.
+    onnxruntime, without MXNet; ``model`` is the age/gender ``.onnx`` file (None: the export under
+    ``models/onnx``). ``det`` is a :data:`analysis.detectors.DETECTORS` number (0 = MTCNN, 1 = ESSH) or
+    ``None`` for aligned faces only; ``det_model``, ``threshold`` and ``min_face`` go to that detector
+    (None: its defaults). ``gpu`` < 0 forces the CPU (a GPU is used only on MXNet, when it sees one);
+    ``flip=True`` averages each face with its mirror image.
     """
 
-    def __init__(self, model=None, det=0, gpu=-1, mtcnn_model=None, essh_model=None,
-                 threshold=None, min_face=None, image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet",
-                 flip=False):
+    def __init__(self, model=None, det=0, gpu=-1, det_model=None, threshold=None, min_face=None,
+                 image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet", flip=False):
         self.backend = check_backend(backend)
         self.ctx = get_context(gpu) if backend == "mxnet" else None
         self.image_size = tuple(image_size)
@@ -67,18 +42,14 @@ class FaceAnalyzer:
             model = config.ONNX_DEFAULT_MODEL if backend == "onnx" else config.DEFAULT_MODEL
         self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size,
                                     backend=backend, flip=flip)
-        self.det = det
-        self.detector_name = DETECTORS.get(det, "aligned")
-        self.threshold = threshold
-        self.detector = None if det is None else create_detector(det, self.ctx, mtcnn_model, essh_model,
-                                                                 threshold, min_face, backend)
+        self.detector_name = "aligned" if det is None else detector_entry(det).package
+        self.detector = None if det is None else create_detector(det, det_model, self.ctx, backend, threshold,
+                                                                 min_face)
 
     def detect(self, image):
         """Return ``(boxes (N,5), landmarks (N,5,2))`` for a BGR uint8 image."""
         if self.detector is None:
             raise AgeGenderError("this analyzer was built without a detector (det=None)")
-        if self.det == 1 and self.threshold is not None:
-            return self.detector.detect(image, threshold=self.threshold)
         return self.detector.detect(image)
 
     def analyze(self, image, raw=False):

@@ -62,9 +62,8 @@ def agegender_worker(task):
 def detector_worker(task):
     """Median ms of ``detect`` per image for one detector on one backend."""
     from agegender.image import read_image
-    from analysis.pipeline import create_detector
-    detector = create_detector(task["det"], mtcnn_model=task.get("mtcnn_model"), essh_model=task.get("essh_model"),
-                               backend=task["backend"])
+    from analysis.detectors import create_detector
+    detector = create_detector(task["det"], model=task.get("det_model"), backend=task["backend"])
     ms_per_image = {}
     for path in task["images"]:
         image, _ = read_image(path)
@@ -77,7 +76,7 @@ def pipeline_worker(task):
     from agegender.align import align_face
     from agegender.image import read_image
     from analysis.pipeline import FaceAnalyzer
-    analyzer = FaceAnalyzer(task["model"], det=0, gpu=-1, mtcnn_model=task["mtcnn_model"], backend=task["backend"])
+    analyzer = FaceAnalyzer(task["model"], det=0, gpu=-1, det_model=task["mtcnn_model"], backend=task["backend"])
     images = [read_image(path)[0] for path in task["images"]]
 
     def whole_folder():
@@ -171,7 +170,7 @@ def benchmark(args, shared):
                     task = {"kind": "detector", "label": name, "backend": backend, "det": det, "runs": runs,
                             "images": [os.path.join(sample_dir, n) for n in SPEED_IMAGES]}
                     if backend == "onnx":
-                        task.update(mtcnn_model=onnx_paths["mtcnn"], essh_model=onnx_paths["essh"])
+                        task["det_model"] = onnx_paths[name]
                     report["detectors"].append({"detector": name, "backend": backend, "threads": threads,
                                                 **measure(task, threads)})
             for backend in ("mxnet", "onnx"):

@@ -11,7 +11,8 @@ import numpy as np
 from agegender import config
 from agegender.backends import MXNetRunner, OnnxRunner, check_backend
 from agegender.checkpoint import checkpoint_paths, parse_model_spec
-from agegender.errors import CheckpointError, ImageError
+from agegender.errors import CheckpointError
+from agegender.image import as_bgr_uint8
 from rcnn.processing.bbox_transform import bbox_overlaps, bbox_pred, clip_boxes, clip_points, landmark_pred
 from rcnn.processing.generate_anchor import anchors_plane, generate_anchors_fpn
 from rcnn.processing.nms import cpu_nms_wrapper, gpu_nms_wrapper
@@ -86,14 +87,17 @@ class ESSHDetector:
 
     ``backend="mxnet"``: ``model`` is ``"prefix,epoch"``. ``backend="onnx"``: ``model`` is an ONNX file
     written by ``export.py --essh-model`` (its metadata names the family; ``ctx`` is ignored).
-    ``family`` None picks it per checkpoint (:mod:`essh.families`); ``nms`` None takes the family's
-    threshold; ``scales`` is the default for :meth:`detect` (None: ``[1.0]``); ``voting=True`` replaces
-    NMS by box voting.
+    ``family`` None picks it per checkpoint (:mod:`essh.families`); ``threshold`` is the score a face
+    needs; ``nms`` None takes the family's threshold; ``scales`` (None: ``[1.0]``, or "auto"/"pyramid",
+    see :func:`resolve_scales`); ``voting=True`` replaces NMS by box voting; ``min_face`` (pixels, may be
+    changed between calls) drops faces whose box is smaller on its longer side (None keeps all).
     """
 
-    def __init__(self, model=config.ESSH_DEFAULT_MODEL, ctx=None, family=None, nms=None, scales=None,
-                 voting=False, max_executors=4, backend="mxnet"):
+    def __init__(self, model=config.ESSH_DEFAULT_MODEL, ctx=None, family=None, threshold=config.ESSH_THRESHOLD,
+                 nms=None, scales=None, voting=False, min_face=None, max_executors=4, backend="mxnet"):
         self.backend = check_backend(backend)
+        self.threshold = float(threshold)
+        self.min_face = min_face
         if backend == "onnx":
             self.runner = OnnxRunner(model)
             name = family or self.runner.metadata.get(ONNX_FAMILY_KEY)
@@ -208,23 +212,30 @@ class ESSHDetector:
             results.append((scores[keep].astype(np.float64), boxes / scale, landmarks / scale))
         return results
 
-    def detect(self, img_bgr, threshold=config.ESSH_THRESHOLD, scales=None):
-        """Detect faces in an H x W x 3 uint8 BGR image.
+    def detect(self, img_bgr):
+        """Detect faces in a BGR image (grey, BGRA and 16-bit are converted; ImageError for other arrays).
 
         Returns ``(boxes, landmarks)``: boxes (N, 5) float64 ``[x1, y1, x2, y2, score]`` by descending
         score, landmarks (N, 5, 2) float64 (left eye, right eye, nose, left and right mouth corner,
         image-left first). No face gives arrays of shape (0, 5) and (0, 5, 2).
         With several scales, stride 32 is skipped at the largest one (as the original).
         """
-        if not isinstance(img_bgr, np.ndarray) or img_bgr.ndim != 3 or img_bgr.shape[2] != 3 \
-                or img_bgr.dtype != np.uint8:
-            raise ImageError(f"detect needs an H x W x 3 uint8 BGR image, got "
-                             f"{getattr(img_bgr, 'shape', type(img_bgr))} {getattr(img_bgr, 'dtype', '')}")
-        scales = resolve_scales(self.scales if scales is None else scales, img_bgr.shape)
+        img_bgr = as_bgr_uint8(img_bgr)
+        if img_bgr.size == 0:
+            return np.zeros((0, 5)), np.zeros((0, 5, 2))
+        boxes, landmarks = self._detect(img_bgr)
+        if self.min_face and len(boxes):
+            large = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face
+            boxes, landmarks = boxes[large], landmarks[large]
+        return boxes, landmarks
+
+    def _detect(self, img_bgr):
+        """Faces of every scale, merged by NMS (or box voting), by descending score."""
+        scales = resolve_scales(self.scales, img_bgr.shape)
         candidates = []
         for scale in scales:
             strides = STRIDES[1:] if len(scales) > 1 and scale == max(scales) else STRIDES
-            candidates += self._candidates(img_bgr, scale, threshold, strides)
+            candidates += self._candidates(img_bgr, scale, self.threshold, strides)
         scores = np.concatenate([c[0] for c in candidates]) if candidates else np.zeros(0)
         if scores.size == 0:
             return np.zeros((0, 5)), np.zeros((0, 5, 2))

@@ -15,6 +15,7 @@ from agegender import config
 from agegender.backends import MXNetRunner, OnnxRunner, check_backend
 from agegender.checkpoint import checkpoint_paths
 from agegender.errors import CheckpointError
+from agegender.image import as_bgr_uint8
 
 EPOCH = 1
 CELL_SIZE = 12
@@ -261,27 +262,6 @@ def pnet_boxes(prob, regression, scale, threshold):
     rows[:, 4] = prob[ys, xs]
     rows[:, 5:9] = regression[:, ys, xs].T
     return rows
-
-
-def as_bgr_uint8(image):
-    """Return ``image`` as H x W x 3 uint8 BGR: grey is replicated, BGRA drops alpha, uint16 is scaled.
-
-    Raises ValueError for other layouts and dtypes.
-    """
-    image = np.asarray(image)
-    if image.dtype == np.uint16:
-        image = np.round(image / 257.0).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"MTCNN expects a uint8 (or uint16) image, got dtype {image.dtype}")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"MTCNN expects an H x W, H x W x 3 (BGR) or H x W x 4 (BGRA) image, got shape {image.shape}")
 
 
 class MtcnnDetector:

@@ -116,14 +116,14 @@ def essh_checkpoint(tmp_path_factory):
 
 def test_original_essh_checkpoint_loads_as_essh_family(essh_checkpoint):
     prefix, _ = essh_checkpoint
-    det = ESSHDetector(f"{prefix},0")
+    det = ESSHDetector(f"{prefix},0", threshold=0.0)
     assert det.family.name == ESSH and det.nms_threshold == 0.3
     img = np.random.RandomState(1).randint(0, 256, (96, 128, 3), dtype=np.uint8)
     tensor = det.input_tensor(img)
     # RGB order with the VGG means subtracted (SPEC §8.3).
     np.testing.assert_allclose(tensor[0, 0], img[:, :, 2] - 123.68, atol=1e-4)
     np.testing.assert_allclose(tensor[0, 2], img[:, :, 0] - 103.939, atol=1e-4)
-    boxes, landmarks = det.detect(img, threshold=0.0)
+    boxes, landmarks = det.detect(img)
     assert boxes.shape[1:] == (5,) and landmarks.shape[1:] == (5, 2) and len(boxes) == len(landmarks)
     assert boxes.dtype == np.float64 and landmarks.dtype == np.float64
     assert np.all(np.diff(boxes[:, 4]) <= 0)
@@ -143,7 +143,7 @@ def test_essh_anchors_and_zero_deltas_decode_to_spec_anchors(essh_checkpoint, tm
     save_checkpoint(zero_prefix, 0, essh_vgg16(), params, {})
     det = ESSHDetector(f"{zero_prefix},0", nms=1.0)
     height, width = 96, 128
-    boxes, landmarks = det.detect(np.zeros((height, width, 3), np.uint8), threshold=0.5)
+    boxes, landmarks = det.detect(np.zeros((height, width, 3), np.uint8))
     rows, cols = np.meshgrid(np.arange(height // 8), np.arange(width // 8), indexing="ij")
     x1, y1 = cols.ravel() * 8.0, rows.ravel() * 8.0
     expected = np.stack([x1, y1, np.minimum(x1 + 15, width - 1), np.minimum(y1 + 15, height - 1)], axis=1)
@@ -172,7 +172,7 @@ def test_insightface_retinaface_checkpoint_detects_test1(shared, reference_dir, 
     det = ESSHDetector(os.path.join(shared, "weights", "retinaface-mnet25", "mnet.25") + ",0")
     assert det.family.name == RETINAFACE and det.family.means == (0.0, 0.0, 0.0)
     img, _ = read_image(os.path.join(sample_images_dir, "test1.jpg"))
-    boxes, _ = det.detect(img, threshold=0.5)
+    boxes, _ = det.detect(img)
     with open(os.path.join(reference_dir, "test1.json")) as f:
         reference = [face for face in json.load(f)["faces"] if not is_known_false_positive("test1", face)]
     found = [iou(face["bbox_x1y1x2y2"], boxes[:, :4]).max(initial=0) >= MATCH_IOU for face in reference]
@@ -225,13 +225,13 @@ def test_no_face_gives_empty_arrays_and_bad_input_is_refused(detector):
     boxes, landmarks = detector.detect(np.full((120, 160, 3), 127, np.uint8))
     assert boxes.shape == (0, 5) and landmarks.shape == (0, 5, 2)
     with pytest.raises(ImageError):
-        detector.detect(np.zeros((10, 10), np.uint8))
+        detector.detect(np.zeros((10, 10, 3), np.float32))
 
 
 def test_pyramid_and_voting_find_the_faces_of_test2(sample_images_dir, reference_dir):
-    det = ESSHDetector(default_model_or_skip(), voting=True)
+    det = ESSHDetector(default_model_or_skip(), scales=[0.5, 1.0], voting=True)
     img, _ = read_image(os.path.join(sample_images_dir, "test2.jpg"))
-    boxes, landmarks = det.detect(img, scales=[0.5, 1.0])
+    boxes, landmarks = det.detect(img)
     with open(os.path.join(reference_dir, "test2.json")) as f:
         reference = json.load(f)["faces"]
     assert all(iou(face["bbox_x1y1x2y2"], boxes[:, :4]).max(initial=0) >= MATCH_IOU for face in reference)

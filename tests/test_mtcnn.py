@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from agegender.align import align_face
-from agegender.errors import CheckpointError
+from agegender.errors import CheckpointError, ImageError
 from agegender.model import AgeGenderModel
 from mtcnn import MtcnnDetector
 from mtcnn.detector import nms
@@ -115,8 +115,8 @@ def test_grey_rgba_and_16_bit_inputs_are_converted(original_detector, portrait):
 
 @pytest.mark.parametrize("image", [np.zeros((50, 50, 3), np.float32), np.zeros((50, 50, 2), np.uint8),
                                    np.zeros((2, 50, 50, 3), np.uint8)])
-def test_unsupported_inputs_raise_value_error(original_detector, image):
-    with pytest.raises(ValueError, match="MTCNN expects"):
+def test_unsupported_inputs_raise_image_error(original_detector, image):
+    with pytest.raises(ImageError, match="a detector needs"):
         original_detector.detect(image)
 
 
