@@ -13,6 +13,7 @@ import sys
 
 from agegender import config
 from agegender.errors import AgeGenderError
+from analysis.detectors import DETECTORS, describe_detectors
 
 
 def build_parser():
@@ -24,9 +25,9 @@ def build_parser():
     parser.add_argument("--model", default=None, help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file)")
     parser.add_argument("--gpu", type=int, default=0,
                         help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
-    parser.add_argument("--det", type=int, default=0, choices=[0, 1], help="0 = MTCNN, 1 = ESSH/RetinaFace")
-    parser.add_argument("--mtcnn-model", default=None, help="folder of MTCNN checkpoints (onnx: detN.onnx files)")
-    parser.add_argument("--essh-model", default=None, help="ESSH/RetinaFace checkpoint 'prefix,epoch' (onnx: a file)")
+    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
+    for entry in DETECTORS.values():
+        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
     parser.add_argument("--aligned", action="store_true", help="uploads are already aligned faces (no detector)")
     parser.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     parser.add_argument("--threshold", type=float, default=None, help="detector score threshold")
@@ -54,7 +55,7 @@ def main(argv=None):
         from analysis.pipeline import FaceAnalyzer
         from analysis.service import create_app
         analyzers = [FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
-                                  mtcnn_model=args.mtcnn_model, essh_model=args.essh_model,
+                                  det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
                                   threshold=args.threshold, min_face=args.min_face, backend=args.backend,
                                   flip=args.flip)
                      for _ in range(args.workers)]
