@@ -9,19 +9,22 @@
 crops). Ages are compared with the labels as stored (not capped at 100). Gender 9999 (unknown) is left
 out of gender accuracy. The JSON's ``fairness`` holds the same figures by race group (the CSV's ``race``
 column or the pack's ``.meta.csv`` sidecar, when there is one), by gender and by age decade, with gender
-accuracy also apart for children under 10 and everyone older.
+accuracy also apart for children under 10 and everyone older. A CSV image that is missing or unreadable
+is one ``error:`` line, counted in ``n_unreadable`` (not in the metrics), and makes the exit status 1; an
+image where no face is found counts in ``n`` but not in ``n_detected``.
 """
-import argparse
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from agegender import config
 from agegender.decode import decode_age, decode_age_expected, decode_gender
-from agegender.errors import AgeGenderError, DataError
+from agegender.errors import AgeGenderError, DataError, UsageParser
+from agegender.files import atomic_write, check_output_path, ensure_standard_streams
 from agegender.metrics import age_gender_summary, cumulative_scores, fairness_report
 from agegender.model import AgeGenderModel, get_context
 
@@ -44,9 +47,15 @@ def pack_faces(path):
             yield reader.read_image(key)[1], int(gender), int(age), races[row]
 
 
+class Unreadable(NamedTuple):
+    """What ``csv_faces`` yields instead of a face for an image that cannot be read: the reason."""
+    reason: str
+
+
 def csv_faces(path, split=None, aligned=False, mtcnn_model=config.MTCNN_MODEL_DIR):
-    """Yield ``(face_bgr or None, gender, age, race)`` for every CSV row (of ``split``); face None when no
-    face is found, race None when unknown."""
+    """Yield ``(face, gender, age, race)`` for every CSV row (of ``split``): ``face`` is the aligned BGR face,
+    None when no face is found, or an :class:`Unreadable` when the image is missing or cannot be read; race
+    None when unknown."""
     from data.prepare import OK, FaceAligner
     from data.sources import read_csv
     items = [item for item in read_csv(path)[0] if not split or item.split == split]
@@ -55,7 +64,12 @@ def csv_faces(path, split=None, aligned=False, mtcnn_model=config.MTCNN_MODEL_DI
     aligner = FaceAligner(mtcnn_model=mtcnn_model, aligned=aligned)
     for item in items:
         status, payload = aligner(item.source)
-        face = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if status == OK else None
+        if status == OK:
+            face = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        elif payload.startswith("unreadable: "):
+            face = Unreadable(payload[len("unreadable: "):])
+        else:
+            face = None
         yield face, item.gender, item.age, item.race
 
 
@@ -65,7 +79,7 @@ def evaluate(model, faces, progress=False):
         from tqdm import tqdm
         faces = tqdm(faces, unit="face", file=sys.stderr)
     genders, ages, races, fc1_parts, pending = [], [], [], [], []
-    total = 0
+    total = unreadable = 0
 
     def flush():
         fc1_parts.append(model.predict(pending)[1])
@@ -73,6 +87,10 @@ def evaluate(model, faces, progress=False):
 
     for face, gender, age, race in faces:
         total += 1
+        if isinstance(face, Unreadable):
+            unreadable += 1
+            print(f"error: {face.reason}", file=sys.stderr)
+            continue
         if face is None:
             continue
         pending.append(face)
@@ -86,10 +104,10 @@ def evaluate(model, faces, progress=False):
     fc1 = np.concatenate(fc1_parts) if fc1_parts else np.zeros((0, config.FC1_SIZE), np.float32)
     age_pred, age_expected, gender_pred = decode_age(fc1), decode_age_expected(fc1), decode_gender(fc1)[0]
     result = age_gender_summary(ages, age_pred, age_expected, genders, gender_pred)
-    result["n"], result["n_detected"] = total, len(ages)
-    result["cs_curve"] = [round(float(v), 6) for v in cumulative_scores(ages, age_pred, CS_CURVE_MAX)]
+    result["n"], result["n_detected"], result["n_unreadable"] = total, len(ages), unreadable
+    result["cs_curve"] = [round(float(v), 6) for v in cumulative_scores(ages, age_pred, CS_CURVE_MAX)] if ages else []
     result["cs_curve_expected"] = [round(float(v), 6) for v in
-                                   cumulative_scores(ages, age_expected, CS_CURVE_MAX)]
+                                   cumulative_scores(ages, age_expected, CS_CURVE_MAX)] if ages else []
     result["fairness"] = fairness_report(ages, age_pred, age_expected, genders, gender_pred, races)
     return result
 
@@ -145,14 +163,13 @@ def plot(result, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    extension = os.path.splitext(path)[1] or ".png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=extension[1:]))
     plt.close(fig)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate an age/gender model on a .rec pack or a CSV of images.")
+    p = UsageParser(description="Evaluate an age/gender model on a .rec pack or a CSV of images.")
     p.add_argument("--data", required=True, help="a .rec pack of aligned faces, or a CSV path,age,gender[,split]")
     p.add_argument("--model", default=config.DEFAULT_MODEL, help="checkpoint 'prefix,epoch'")
     p.add_argument("--json", default="", help="write the metrics to this JSON file")
@@ -164,10 +181,27 @@ def parse_args(argv=None):
     p.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
     p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if os.path.isdir(args.data):
+        p.error(f"--data {args.data}: is a folder; give a .rec pack or a CSV file")
+    if not os.path.exists(args.data):
+        p.error(f"--data {args.data}: file not found")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            try:
+                check_output_path(path, option + " output")
+            except AgeGenderError as exc:
+                p.error(str(exc))
+    if args.plot:
+        from matplotlib.backend_bases import FigureCanvasBase
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if os.path.splitext(args.plot)[1][1:].lower() not in formats:
+            p.error(f"--plot {args.plot}: unknown picture type (use one of .{', .'.join(sorted(formats))})")
+    return args
 
 
 def main(argv=None):
+    ensure_standard_streams()
     args = parse_args(argv)
     try:
         model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip)
@@ -176,21 +210,28 @@ def main(argv=None):
         else:
             faces = csv_faces(args.data, args.split, args.aligned, args.mtcnn_model)
         result = evaluate(model, faces, progress=args.progress)
+        result["model"], result["data"], result["flip"] = args.model, args.data, args.flip
+        text = json.dumps(result, indent=1, allow_nan=False)
+        if args.json:
+            atomic_write(args.json, lambda tmp: _write_text(tmp, text + "\n"))
+        if args.plot:
+            plot(result, args.plot, title=f"{args.model} on {os.path.basename(args.data)}")
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result["model"], result["data"], result["flip"] = args.model, args.data, args.flip
-    text = json.dumps(result, indent=1)
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    if args.plot:
-        plot(result, args.plot, title=f"{args.model} on {os.path.basename(args.data)}")
-    summary = {k: result[k] for k in ("n", "n_detected", "mae", "cs5", "gender_acc", "mae_expected", "cs5_expected")}
-    print(json.dumps(summary))
+        return 1
+    summary = {k: result[k] for k in ("n", "n_detected", "n_unreadable", "mae", "cs5", "gender_acc", "mae_expected",
+                                      "cs5_expected")}
+    print(json.dumps(summary, allow_nan=False))
+    if result["n_unreadable"]:
+        print(f"error: {args.data}: {result['n_unreadable']} of {result['n']} images could not be read "
+              f"(left out of the metrics)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

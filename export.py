@@ -16,14 +16,16 @@ import sys
 import numpy as np
 
 from agegender import config
+from agegender.align import parse_face_size
 from agegender.checkpoint import checkpoint_paths, parse_model_spec
-from agegender.errors import AgeGenderError
+from agegender.errors import AgeGenderError, CheckpointError, UsageParser
+from agegender.files import check_output_path, ensure_standard_streams, is_special_file, same_file
 
 CHECK_TOLERANCE = 1e-3   # max |onnxruntime - MXNet| on a random input, relative to the largest output
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = UsageParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="age/gender checkpoint 'prefix,epoch' (write it to --out)")
     parser.add_argument("--mtcnn-model", help="folder of MTCNN det1..det3 (+det4) checkpoints (write to --out-dir)")
     parser.add_argument("--essh-model", help="ESSH/RetinaFace checkpoint 'prefix,epoch' (write it to --out)")
@@ -84,25 +86,51 @@ def mxnet_references(kind, source, image_size):
 
 
 def check_against_mxnet(kind, source, paths, image_size):
-    """Largest difference between onnxruntime and MXNet on random inputs, relative to the output scale."""
+    """Largest difference between onnxruntime and MXNet on random inputs, relative to the output scale
+    (infinite when either gives a non-finite value)."""
     from agegender.backends import OnnxRunner
     worst = 0.0
     for path, (mxnet_run, batch) in zip(paths, mxnet_references(kind, source, image_size)):
         batch = batch.astype(np.float32)
         for expected, got in zip(mxnet_run(batch), OnnxRunner(path).run(batch)):
+            if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+                return float("inf")                     # NaN or infinity: no comparison can pass
             scale = max(1.0, float(np.abs(expected).max()))
             worst = max(worst, float(np.abs(expected - got).max()) / scale)
     return worst
 
 
+def check_destinations(jobs, parser, check):
+    """Usage errors for outputs that are folders (or inside a file), that would overwrite a source file, or
+    that are FIFOs/devices when the export is to be read back (``check``)."""
+    for kind, source, destination in jobs:
+        if kind == "mtcnn":
+            if os.path.exists(destination) and not os.path.isdir(destination):
+                parser.error(f"--out-dir {destination}: is a file, not a folder")
+            continue
+        if check and is_special_file(destination):
+            parser.error(f"--out {destination}: is a FIFO or a device; the export is read back to be checked, "
+                         f"so write it to a file (or give --no-check)")
+        try:
+            check_output_path(destination, "--out ONNX file")
+        except AgeGenderError as exc:
+            parser.error(str(exc))
+        prefix, epoch = parse_model_spec(source)
+        for path in checkpoint_paths(prefix, epoch):
+            if same_file(path, destination):
+                parser.error(f"--out {destination}: is the checkpoint being exported ({path}); choose another file")
+
+
 def main(argv=None):
+    ensure_standard_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
-    jobs = jobs_from_args(args, parser)
     try:
-        height, width = (int(v) for v in args.image_size.split(","))
-    except ValueError:
-        parser.error(f"--image-size {args.image_size}: expected 'height,width'")
+        jobs = jobs_from_args(args, parser)
+        height, width = parse_face_size(args.image_size)
+    except (ValueError, CheckpointError) as exc:
+        parser.error(str(exc))
+    check_destinations(jobs, parser, not args.no_check)
     try:
         for kind, source, destination in jobs:
             if kind == "agegender":
@@ -117,7 +145,7 @@ def main(argv=None):
             note = ""
             if not args.no_check:
                 difference = check_against_mxnet(kind, source, paths, (height, width))
-                if difference > CHECK_TOLERANCE:
+                if not difference <= CHECK_TOLERANCE:       # NaN included
                     raise AgeGenderError(f"{paths[0]}: onnxruntime differs from MXNet by {difference:.2e} "
                                          f"(relative); the export is wrong")
                 note = f" (max relative difference to MXNet {difference:.1e})"

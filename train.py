@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -31,14 +32,15 @@ import numpy as np
 
 import symbols
 from agegender import config
-from agegender.checkpoint import load_checkpoint, parse_model_spec, save_checkpoint
-from agegender.errors import AgeGenderError
+from agegender.checkpoint import (check_params_match, checkpoint_paths, first_line, load_checkpoint, parse_model_spec,
+                                  save_checkpoint)
+from agegender.errors import AgeGenderError, UsageParser
+from agegender.files import ensure_standard_streams
 from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
 from agegender.training import (LRSchedule, average_aux_params, broadcast_params, default_lr_steps,
-                                dist_steps_per_epoch, find_resume_epoch, get_devices, init_aux_keys, initializer_for,
-                                load_optimizer_states, load_trainer_state, parse_lr_steps, save_trainer_state,
-                                settled_aux_params, state_paths)
+                                dist_steps_per_epoch, get_devices, init_aux_keys, initializer_for, load_optimizer_states,
+                                load_resume_point, parse_lr_steps, save_trainer_state, settled_aux_params, state_paths)
 from data.iterator import FaceImageIter
 
 log = logging.getLogger("train")
@@ -47,8 +49,8 @@ KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
 
 def parse_args(argv=None):
     """Command-line options (the original's, plus the trainer's own; see README)."""
-    p = argparse.ArgumentParser(description="Train the age/gender network.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = UsageParser(description="Train the age/gender network.",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder with train.rec/.idx and optionally val.rec/.idx")
     p.add_argument("--prefix", default="runs/model/model", help="checkpoint prefix (its folder is created)")
     p.add_argument("--pretrained", default="", help="'prefix,epoch' to warm-start from (missing layers initialised)")
@@ -95,19 +97,55 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.per_batch_size <= 0:
         args.per_batch_size = 128
-    size = [int(x) for x in args.image_size.split(",")]
-    if len(size) != 2 or size[0] != size[1]:
-        p.error(f"--image-size {args.image_size}: must be square 'S,S'")
+    try:
+        size = [int(x) for x in args.image_size.split(",")]
+    except ValueError:
+        size = []
+    if len(size) != 2 or size[0] != size[1] or size[0] < 1:
+        p.error(f"--image-size {args.image_size}: must be a square size 'S,S' with S >= 1")
     args.data_shape = (3, size[0], size[1])
+    for name in ("lr", "wd", "mom", "multiplier", "rand_crop", "gender_weight", "age_smoothing"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name in ("lr", "multiplier") and value == 0):
+            p.error(f"--{name.replace('_', '-')} {value}: must be a finite number "
+                    f"{'above' if name in ('lr', 'multiplier') else 'of at least'} 0")
+    for name, least in (("end_epoch", 1), ("frequent", 1), ("warmup", 0), ("max_steps", 0), ("cutoff", 0),
+                        ("cpus", 0)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least {least}")
+    try:
+        args.lr_step_list = parse_lr_steps(args.lr_steps)
+    except ValueError:
+        p.error(f"--lr-steps {args.lr_steps}: expected whole numbers of batches separated by commas")
+    if any(step < 1 for step in args.lr_step_list):
+        p.error(f"--lr-steps {args.lr_steps}: steps must be at least 1")
     try:
         symbols.parse_network(args.network)
     except ValueError as exc:
         p.error(f"--network: {exc}")
+    try:
+        fc1 = network_symbol(args)
+        fc1.infer_shape(data=(1,) + args.data_shape)
+    except (ValueError, mx.base.MXNetError) as exc:
+        p.error(f"--image-size {args.image_size}: network {args.network} cannot take {size[0]}x{size[1]} faces "
+                f"({str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else type(exc).__name__})")
     if args.cpus and args.gpus:
         p.error("--cpus and --gpus exclude each other")
+    if args.gpus is not None and str(args.gpus).strip() not in ("", "-1"):
+        try:
+            get_devices(args.gpus)
+        except ValueError as exc:
+            p.error(str(exc))
     if len(args.data_dir.split(",")) != 1:
         p.error("--data-dir: give one folder")
     return args
+
+
+def network_symbol(args):
+    """The fc1 symbol of the network ``args`` describe."""
+    return symbols.get_symbol(args.network, num_classes=config.FC1_SIZE, multiplier=args.multiplier,
+                              version_input=args.version_input, version_output=args.version_output,
+                              version_act=args.version_act)
 
 
 def setup_logging(path):
@@ -143,9 +181,7 @@ def evaluate(module, data_iter):
 
 def build_module(args, devices):
     """The training symbol (fc1 + loss heads) in a Module, and the bare fc1 symbol that checkpoints hold."""
-    fc1 = symbols.get_symbol(args.network, num_classes=config.FC1_SIZE, multiplier=args.multiplier,
-                             version_input=args.version_input, version_output=args.version_output,
-                             version_act=args.version_act)
+    fc1 = network_symbol(args)
     train_sym = get_loss_symbol(fc1, gender_weight=args.gender_weight, age_smoothing=args.age_smoothing)
     module = mx.mod.Module(train_sym, data_names=["data"], label_names=["softmax_label"], context=devices)
     return module, fc1
@@ -268,13 +304,16 @@ def train(args):
     module.bind(data_shapes=train_iter.provide_data, label_shapes=train_iter.provide_label)
 
     epoch, global_step, best = 0, 0, None
-    resume_epoch = find_resume_epoch(prefix) if args.resume else None
-    if args.resume and resume_epoch is None:
-        log.info("--resume: no complete checkpoint under %s, starting from scratch", prefix)
-    if resume_epoch is not None:
-        state = load_trainer_state(prefix, resume_epoch)
-        _, arg_params, aux_params = load_checkpoint(prefix, resume_epoch)
-        module.init_params(arg_params=arg_params, aux_params=aux_params, allow_missing=False)
+    resume = load_resume_point(prefix, warn=log.warning) if args.resume else None
+    resume_epoch = resume.epoch if resume else None
+    if args.resume and resume is None:
+        log.info("--resume: no saved epoch under %s, starting from scratch", prefix)
+    if resume is not None:
+        state = resume.state
+        check_params_match(module.symbol, resume.arg_params, resume.aux_params,
+                           dict(train_iter.provide_data + train_iter.provide_label),
+                           checkpoint_paths(prefix, resume_epoch)[1])
+        module.init_params(arg_params=resume.arg_params, aux_params=resume.aux_params, allow_missing=False)
         epoch, global_step, best = state["epoch"], state["global_step"], state.get("best")
         schedule = LRSchedule.from_dict(state["schedule"])
         log.info("resuming from %s-%04d: epoch %d done, global step %d", prefix, epoch, epoch, global_step)
@@ -291,7 +330,7 @@ def train(args):
                            allow_missing=True, allow_extra=True)
         # --max-steps stops the run early, as in the original; the schedule still spans --end-epoch
         total_steps = args.end_epoch * steps_per_epoch
-        lr_steps = parse_lr_steps(args.lr_steps)
+        lr_steps = args.lr_step_list
         if args.lr_schedule == "step" and not lr_steps:
             lr_steps = default_lr_steps(total_steps)
         schedule = LRSchedule(args.lr, total_steps, mode=args.lr_schedule, lr_steps=lr_steps, warmup=args.warmup)
@@ -381,12 +420,26 @@ def _scalars(values):
 
 
 def main(argv=None):
+    ensure_standard_streams()
     args = parse_args(argv)
     try:
         train(args)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: {exc.filename or args.prefix}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory (lower --per-batch-size)", file=sys.stderr)
+        return 1
+    except mx.base.MXNetError as exc:
+        print(f"error: MXNet: {first_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: the last saved epoch under {args.prefix} is kept; --resume continues from it",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -14,6 +14,22 @@ TEMPLATE_112x96 = np.array([
 ], dtype=np.float64)
 
 
+FACE_SIZES = ((112, 112), (112, 96))     # (height, width) of the crops an alignment template exists for
+
+
+def parse_face_size(text):
+    """``"112,112"`` -> ``(112, 112)``; ValueError with a one-line reason unless it is one of FACE_SIZES."""
+    try:
+        size = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        size = ()
+    if size not in FACE_SIZES:
+        sizes = " or ".join(f"'{h},{w}'" for h, w in FACE_SIZES)
+        raise ValueError(f"--image-size {text}: aligned faces are {sizes} (height,width); the networks "
+                         f"are trained on 112x112 faces")
+    return size
+
+
 def face_template(size=IMAGE_SIZE):
     """Return the 5x2 landmark template for an aligned crop of ``size`` = (height, width).
 

@@ -4,13 +4,11 @@ Reads never execute anything from the files: the symbol is JSON and the params a
 NDArray container. Writes go to a temporary name and are renamed, so a crash or a full disk
 never leaves a half-written checkpoint under the real name.
 """
-import glob
 import json
 import os
-import tempfile
 
 from .errors import CheckpointError
-from .image import quiet_native_stderr
+from .files import atomic_write, quiet_native_stderr
 
 
 def parse_model_spec(spec):
@@ -40,7 +38,7 @@ def load_symbol(path):
         with quiet_native_stderr():   # e.g. "Loading symbol saved by previous version"
             return mx.sym.load(path)
     except (ValueError, UnicodeDecodeError, mx.base.MXNetError) as exc:
-        raise CheckpointError(f"{path}: not a valid MXNet symbol JSON ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a valid MXNet symbol JSON ({first_line(exc)})") from None
 
 
 def load_params(path, aux_renames=None):
@@ -56,7 +54,7 @@ def load_params(path, aux_renames=None):
         saved = mx.nd.load(path)
     except mx.base.MXNetError as exc:
         raise CheckpointError(f"{path}: cannot be read, truncated or not an MXNet params file "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
     if not isinstance(saved, dict) or not saved:
         raise CheckpointError(f"{path}: holds no named arrays, not a checkpoint params file")
     arg_params, aux_params = {}, {}
@@ -71,7 +69,20 @@ def load_params(path, aux_renames=None):
             aux_params[name] = value
         else:
             raise CheckpointError(f"{path}: unexpected entry '{key}' (expected 'arg:' or 'aux:' names)")
+    bad = first_non_finite({**arg_params, **aux_params})
+    if bad:
+        raise CheckpointError(f"{path}: parameter '{bad}' holds NaN or infinite values, not a usable model")
     return arg_params, aux_params
+
+
+def first_non_finite(arrays):
+    """Name of the first (sorted) NDArray of ``arrays`` holding a NaN or infinity, or None."""
+    import numpy as np
+    for name in sorted(arrays):
+        value = arrays[name].asnumpy()
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return name
+    return None
 
 
 def load_checkpoint(prefix, epoch, aux_renames=None):
@@ -89,7 +100,7 @@ def check_params_match(sym, arg_params, aux_params, data_shapes, params_path, al
         arg_shapes, _, aux_shapes = sym.infer_shape(**data_shapes)
     except mx.base.MXNetError as exc:
         raise CheckpointError(f"{params_path}: symbol cannot take input {data_shapes} "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
     inputs = set(data_shapes)
     expected = list(zip(sym.list_arguments(), arg_shapes)) + list(zip(sym.list_auxiliary_states(), aux_shapes))
     given = dict(arg_params)
@@ -107,13 +118,20 @@ def check_params_match(sym, arg_params, aux_params, data_shapes, params_path, al
 
 
 def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
-    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` atomically (temporary file + rename)."""
+    """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` atomically (temporary file + rename).
+
+    Parameters holding NaN or infinity are refused (CheckpointError): such a model gives no usable output.
+    """
     import mxnet as mx
     sym_path, params_path = checkpoint_paths(prefix, epoch)
     folder = os.path.dirname(os.path.abspath(sym_path))
     os.makedirs(folder, exist_ok=True)
     arrays = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
     arrays.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+    bad = first_non_finite(arrays)
+    if bad:
+        raise CheckpointError(f"{params_path}: not written, '{bad.partition(':')[2]}' holds NaN or infinite values "
+                              f"(the training diverged: lower --lr or raise --warmup); the previous file is unchanged")
     _atomic_write(params_path, lambda tmp: mx.nd.save(tmp, arrays))
     _atomic_write(sym_path, lambda tmp: sym.save(tmp))
     return sym_path, params_path
@@ -123,38 +141,15 @@ def _atomic_write(path, write):
     """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
 
     A failed write (full disk, file size limit) raises CheckpointError and leaves ``path`` as it was;
-    temporary files of ``path`` left by a writer that was killed are removed first.
+    temporary files of ``path`` left by a writer that was killed are removed first. A FIFO or device
+    at ``path`` is written in place, never replaced by a regular file.
     """
     import mxnet as mx
-    folder = os.path.dirname(os.path.abspath(path))
-    temp_prefix = ".tmp-" + os.path.basename(path) + "."
-    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(temp_prefix) + "*")):
-        os.remove(stale)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    except (OSError, mx.base.MXNetError) as exc:
-        _remove_quietly(tmp)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
-        raise CheckpointError(f"{path}: cannot be written ({reason}); the previous file is unchanged") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    atomic_write(path, write, errors=(OSError, mx.base.MXNetError), error_class=CheckpointError,
+                 describe=lambda exc: exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc))
 
 
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _first_line(exc):
+def first_line(exc):
     """The line of an error that says what went wrong (MXNet's C++ errors end with it, after a traceback)."""
     text = [line for line in str(exc).strip().splitlines() if line.strip()]
     if not text:

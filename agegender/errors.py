@@ -1,4 +1,5 @@
 """Errors that reach the user as one line naming the file and the problem."""
+import argparse
 
 
 class AgeGenderError(Exception):
@@ -19,3 +20,10 @@ class ImageTooLargeError(ImageError):
 
 class DataError(AgeGenderError):
     """A data set file (RecordIO pack, index, CSV, .mat) is malformed."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose usage errors are one line, ``error: <what is wrong>``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -4,18 +4,16 @@ Memory is bounded before any pixel is decoded: the header gives the size, images
 are decoded at 1/2, 1/4 or 1/8 size when the format allows it without a full-size buffer (sequential
 JPEG) and refused otherwise, and files above ``MAX_FILE_BYTES`` are refused unread.
 """
-import contextlib
 import io
 import os
 import struct
-import sys
-import threading
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from .errors import ImageError, ImageTooLargeError
+from .files import quiet_native_stderr
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm")
 MAX_PIXELS = 60_000_000             # decoded at full size up to this many pixels
@@ -28,46 +26,30 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_SEQUENTIAL = {0xC0, 0xC1}
 _JPEG_STANDALONE = set(range(0xD0, 0xD9)) | {0x01}
-
-
-_quiet_lock = threading.Lock()
-_quiet_state = {"depth": 0, "saved": None}
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence what native libraries (libpng, libjpeg, MXNet's C++ log) print on stderr, for a moment.
-
-    The process-wide file descriptor 2 is redirected while at least one caller is inside (a count under a
-    lock, so threads overlapping in time, as the web service's workers do, restore the real stderr at the
-    end rather than each other's devnull); keep the calls inside short.
-    """
-    with _quiet_lock:
-        if _quiet_state["depth"] == 0:
-            sys.stderr.flush()
-            _quiet_state["saved"] = os.dup(2)
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
-        _quiet_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_state["depth"] -= 1
-            if _quiet_state["depth"] == 0:
-                os.dup2(_quiet_state["saved"], 2)
-                os.close(_quiet_state["saved"])
-                _quiet_state["saved"] = None
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the operation that shows the stored pixels upright
+_ORIENT = {
+    1: lambda im: im,
+    2: lambda im: cv2.flip(im, 1),
+    3: lambda im: cv2.rotate(im, cv2.ROTATE_180),
+    4: lambda im: cv2.flip(im, 0),
+    5: lambda im: cv2.transpose(im),
+    6: lambda im: cv2.rotate(im, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda im: cv2.rotate(cv2.transpose(im), cv2.ROTATE_180),
+    8: lambda im: cv2.rotate(im, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
 
 
 class ImageHeader(NamedTuple):
     """What the file header says: format name, stored width and height, whether a reduced decode is cheap,
-    and (JPEG) the byte offset after the frame header, where the end-of-image marker must follow."""
+    (JPEG) the byte offset after the frame header, where the end-of-image marker must follow, and (WebP)
+    the EXIF orientation."""
     format: str
     width: int
     height: int
     reducible: bool
     frame_end: int = 0
+    orientation: int = 1        # EXIF orientation that OpenCV does not apply itself (WebP), 1 = upright
 
 
 def read_header(f, where):
@@ -89,7 +71,14 @@ def read_header(f, where):
     f.seek(0)
     try:
         with Image.open(f) as im:
-            return ImageHeader(im.format or "?", im.size[0], im.size[1], False)
+            orientation = 1
+            if im.format == "WEBP":     # OpenCV honours EXIF orientation in JPEG, PNG and TIFF, not WebP
+                try:
+                    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                except Exception:  # noqa: BLE001 - unreadable EXIF: show the pixels as stored
+                    orientation = 1
+            return ImageHeader(im.format or "?", im.size[0], im.size[1], False,
+                               orientation=orientation if orientation in _ORIENT else 1)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{where}: refused, too large to decode ({str(exc).split(',')[0]})") from None
     except Exception:  # noqa: BLE001 - any header PIL cannot parse means "not a known image"
@@ -168,6 +157,8 @@ def _decode(data, header, where, max_pixels):
         raise ImageError(f"{where}: not a readable image (unknown format, truncated or corrupt)")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ImageError(f"{where}: unsupported image layout {image.shape} {image.dtype}")
+    if header.orientation != 1:
+        image = _ORIENT[header.orientation](image)
     scale = 1.0
     if factor != 1:
         # EXIF orientation may have swapped the sides, so compare the longer ones.

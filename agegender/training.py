@@ -19,12 +19,13 @@ import math
 import os
 import pickle
 import re
+from typing import NamedTuple
 
 import mxnet as mx
 # from the submodule: a dist_async server unpickles LRSchedule while `import mxnet` is still running
 from mxnet.lr_scheduler import LRScheduler
 
-from .checkpoint import _atomic_write, checkpoint_paths
+from .checkpoint import _atomic_write, checkpoint_paths, load_checkpoint
 from .errors import CheckpointError
 
 STATE_VERSION = 1
@@ -45,7 +46,10 @@ def get_devices(gpus=None, environ=None, cpus=0):
     environ = os.environ if environ is None else environ
     available = _num_gpus()
     if gpus is not None and str(gpus).strip() not in ("", "-1"):
-        ids = [int(x) for x in str(gpus).split(",") if x.strip()]
+        try:
+            ids = [int(x) for x in str(gpus).split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--gpus {gpus}: expected GPU ids such as '0' or '0,1'") from None
         missing = [i for i in ids if i >= available or i < 0]
         if missing:
             raise ValueError(f"--gpus {gpus}: this MXNet build sees {available} GPU(s)")
@@ -145,17 +149,22 @@ class _StatesUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_optimizer_states(module, path):
-    """Restore ``module``'s optimizer state from ``path`` after checking it holds nothing but arrays.
+def check_optimizer_states(path):
+    """Raise CheckpointError unless ``path`` is an optimizer state pickle holding nothing but arrays.
 
     MXNet stores optimizer states as a pickle; loading one from an untrusted file would run any code it
-    names, so the file is first read with an unpickler that only allows NDArrays and containers.
+    names, so the file is read with an unpickler that only allows NDArrays and containers.
     """
     try:
         with open(path, "rb") as f:
             _StatesUnpickler(f).load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a valid optimizer state file ({exc})") from None
+
+
+def load_optimizer_states(module, path):
+    """Restore ``module``'s optimizer state from ``path`` after :func:`check_optimizer_states`."""
+    check_optimizer_states(path)
     module.load_optimizer_states(path)
 
 
@@ -176,7 +185,24 @@ def load_trainer_state(prefix, epoch):
         raise CheckpointError(f"{state_path}: not a trainer state JSON ({exc})") from None
     if not isinstance(state, dict) or not {"epoch", "global_step", "schedule"} <= set(state):
         raise CheckpointError(f"{state_path}: trainer state lacks epoch/global_step/schedule")
+    if not all(isinstance(state[k], int) and state[k] >= 0 for k in ("epoch", "global_step")):
+        raise CheckpointError(f"{state_path}: epoch/global_step are not whole numbers")
+    try:
+        LRSchedule.from_dict(state["schedule"])
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{state_path}: learning-rate schedule cannot be read ({exc})") from None
     return state
+
+
+def _saved_epochs(prefix):
+    """Epochs under ``prefix`` that have a trainer state file, newest first."""
+    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-(\d{4,})\.trainer\.json$")
+    epochs = []
+    for path in glob.glob(glob.escape(prefix) + "-*.trainer.json"):
+        match = pattern.search(os.path.basename(path))
+        if match:
+            epochs.append(int(match.group(1)))
+    return sorted(epochs, reverse=True)
 
 
 def find_resume_epoch(prefix):
@@ -184,18 +210,58 @@ def find_resume_epoch(prefix):
 
     The optimizer states are not needed where the trainer state says they were not saved (``dist_async``).
     """
-    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-(\d{4,})\.trainer\.json$")
-    epochs = []
-    for path in glob.glob(glob.escape(prefix) + "-*.trainer.json"):
-        match = pattern.search(os.path.basename(path))
-        if match:
-            epoch = int(match.group(1))
-            needed = list(checkpoint_paths(prefix, epoch))
-            if _saved_optimizer_states(path):
-                needed.append(state_paths(prefix, epoch)[0])
-            if all(os.path.isfile(p) for p in needed):
-                epochs.append(epoch)
-    return max(epochs) if epochs else None
+    for epoch in _saved_epochs(prefix):
+        if not _missing_files(prefix, epoch):
+            return epoch
+    return None
+
+
+def _missing_files(prefix, epoch):
+    state_path = state_paths(prefix, epoch)[1]
+    needed = list(checkpoint_paths(prefix, epoch))
+    if _saved_optimizer_states(state_path):
+        needed.append(state_paths(prefix, epoch)[0])
+    return [p for p in needed if not os.path.isfile(p)]
+
+
+class ResumePoint(NamedTuple):
+    """A saved epoch that loads completely: its trainer state and parameters."""
+    epoch: int
+    state: dict
+    arg_params: dict
+    aux_params: dict
+
+
+def load_resume_point(prefix, warn=None):
+    """The newest saved epoch under ``prefix`` whose every file loads, as a ResumePoint; None if none was saved.
+
+    An epoch counts as saved once its trainer state file exists (written last). A newer saved epoch whose
+    files are missing or unreadable (truncated params, a bad trainer state, a broken optimizer state) is
+    passed over, with ``warn(message)`` naming the file and the problem; if no saved epoch loads, the
+    CheckpointError of the newest one is raised.
+    """
+    first_error = None
+    for epoch in _saved_epochs(prefix):
+        try:
+            missing = _missing_files(prefix, epoch)
+            if missing:
+                raise CheckpointError(f"{missing[0]}: not found, epoch {epoch} is incomplete")
+            state = load_trainer_state(prefix, epoch)
+            if state.get("epoch") != epoch:
+                raise CheckpointError(f"{state_paths(prefix, epoch)[1]}: says epoch {state.get('epoch')!r}, "
+                                      f"not {epoch}")
+            _, arg_params, aux_params = load_checkpoint(prefix, epoch)
+            if _saved_optimizer_states(state_paths(prefix, epoch)[1]):
+                check_optimizer_states(state_paths(prefix, epoch)[0])
+        except CheckpointError as exc:
+            first_error = first_error or exc
+            if warn:
+                warn(f"--resume: epoch {epoch} cannot be used: {exc}")
+            continue
+        return ResumePoint(epoch, state, arg_params, aux_params)
+    if first_error is not None:
+        raise CheckpointError(f"--resume: no saved epoch under {prefix} can be loaded; newest: {first_error}")
+    return None
 
 
 def _saved_optimizer_states(state_path):

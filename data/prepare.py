@@ -10,7 +10,6 @@ from the journal at the end, in source order, so every kept image gives exactly 
 gets a sidecar ``<split>.meta.csv`` (record key -> source image, race code). ``--meta-only`` writes just
 the sidecars for packs made earlier from the same source and settings (checked against their labels).
 """
-import argparse
 import csv
 import hashlib
 import json
@@ -29,7 +28,8 @@ import numpy as np
 
 from agegender import config
 from agegender.align import align_face
-from agegender.errors import AgeGenderError, DataError, ImageError
+from agegender.errors import AgeGenderError, DataError, ImageError, UsageParser
+from agegender.files import atomic_write, ensure_standard_streams
 from agegender.image import read_image
 
 from .records import JPEG_QUALITY, PackReader, PackWriter, encode_face, write_pack_meta
@@ -168,7 +168,7 @@ def _process_chunk(chunk):
 def _fingerprint(items, options):
     digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode())
     for item in items:
-        digest.update(f"{item.source}\t{item.gender}\t{item.age}\t{item.split}\n".encode())
+        digest.update(f"{item.source}\t{item.gender}\t{item.age}\t{item.split}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -184,8 +184,8 @@ def _open_journal(work, items, options, restart):
                 raise DataError(f"{work}: holds an unfinished run with another source or settings; "
                                 f"use --restart to discard it")
     else:
-        with open(manifest_path, "w", encoding="utf-8") as f:
-            json.dump({"fingerprint": fingerprint, "items": len(items), "options": options}, f, indent=1)
+        atomic_write(manifest_path, lambda tmp: _write_json(tmp, {"fingerprint": fingerprint, "items": len(items),
+                                                                  "options": options}), error_class=DataError)
     return Journal(os.path.join(work, "journal.bin"))
 
 
@@ -212,7 +212,7 @@ def run_workers(items, journal, options, workers, progress=True):
     try:
         for chunk_results in results:
             for index, status, payload in chunk_results:
-                journal.append(index, status, payload if status == OK else payload.encode("utf-8"))
+                journal.append(index, status, payload if status == OK else payload.encode("utf-8", "surrogateescape"))
                 aligned_now += status == OK
                 if status != OK:
                     log.info("skipped %s: %s", items[index].source, payload)
@@ -246,12 +246,12 @@ def write_packs(items, journal, out_dir, rejected):
                     item = items[index]
                     writer.write(payload, item.gender, item.age, item.source, item.race)
                 else:
-                    reason = payload.decode("utf-8")
+                    reason = payload.decode("utf-8", "surrogateescape")
                     skipped_rows.append((items[index].source, reason))
                     reasons[reason.split(":")[0]] += 1
             counts[split] = writer.count
-    with open(os.path.join(out_dir, "skipped.csv"), "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("path", "reason")] + skipped_rows)
+    atomic_write(os.path.join(out_dir, "skipped.csv"),
+                 lambda tmp: _write_csv(tmp, [("path", "reason")] + skipped_rows), error_class=DataError)
     return counts, reasons
 
 
@@ -317,13 +317,23 @@ def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, worker
     summary = {"source": source, "out": out_dir, "records": dict(counts), "skipped": dict(reasons),
                "resumed_from": resumed, "processed_now": processed, "seconds": round(seconds, 1),
                "faces_per_s": round(aligned_now / seconds, 2) if seconds > 0 else None}
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write(os.path.join(out_dir, "summary.json"), lambda tmp: _write_json(tmp, summary), error_class=DataError)
     return summary
 
 
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _write_csv(path, rows):
+    # file names that are not UTF-8 (surrogate escapes) are written as their original bytes
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        csv.writer(f).writerows(rows)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    parser = UsageParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="UTKFace-style folder, .csv (path,age,gender[,split]), IMDB-WIKI .mat or .rec")
     parser.add_argument("--out", required=True, help="output folder for train/val[/test].rec + .idx")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="random val share when the source has no split")
@@ -351,17 +361,38 @@ def parse_args(argv=None):
                              "in --out, made earlier from the same SOURCE and options")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be a fraction between 0 and 1")
+    if args.val_fraction + args.test_fraction > 1:
+        parser.error(f"--val-fraction {args.val_fraction} + --test-fraction {args.test_fraction}: more than 1")
+    if not args.pad >= 0 or args.pad > 10:
+        parser.error(f"--pad {args.pad}: must be between 0 and 10 (a fraction of the image size)")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: must be at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: is a file, not a folder")
+    if not os.path.exists(args.source):
+        parser.error(f"{args.source}: source not found")
     if args.min_face != "auto":
         try:
             args.min_face = int(args.min_face)
         except ValueError:
             parser.error(f"--min-face must be 'auto' or a number of pixels, got {args.min_face!r}")
+        if args.min_face < 1:
+            parser.error(f"--min-face {args.min_face}: must be at least 1 pixel")
     return args
 
 
 def main(argv=None):
+    ensure_standard_streams()
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(f"error: {args.out}: cannot create the output folder ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     logging.basicConfig(filename=os.path.join(args.out, "prepare.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:

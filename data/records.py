@@ -18,6 +18,7 @@ import numpy as np
 
 from agegender.config import UNKNOWN_GENDER
 from agegender.errors import DataError, ImageError
+from agegender.files import atomic_write, remove_stale_temporaries, temporary_path
 from agegender.image import MAX_PIXELS, decode_image
 
 JPEG_QUALITY = 95
@@ -44,13 +45,13 @@ def meta_path(path):
 
 def write_pack_meta(path, rows):
     """Write the sidecar of pack ``path`` atomically from ``(key, source, race or None)`` rows."""
-    target = meta_path(path)
-    tmp = target + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(META_COLUMNS)
-        writer.writerows((key, source, "" if race is None else int(race)) for key, source, race in rows)
-    os.replace(tmp, target)
+    def write(tmp):
+        # source names that are not UTF-8 (surrogate escapes) are written as their original bytes
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.writer(f)
+            writer.writerow(META_COLUMNS)
+            writer.writerows((key, source, "" if race is None else int(race)) for key, source, race in rows)
+    atomic_write(meta_path(path), write, error_class=DataError)
 
 
 def read_pack_meta(path, keys):
@@ -105,6 +106,8 @@ def check_label(gender, age, where):
 class PackWriter:
     """Write a pack atomically: records go to temporary files renamed onto ``NAME.rec/.idx`` by close().
 
+    A ``NAME.rec``/``.idx`` that is a folder, FIFO or device is refused (DataError), never replaced.
+
     ``write(jpeg_bytes, gender, age)`` stores one record with id = running index (0, 1, 2, ...); when
     any record was given a ``source`` or ``race``, close() also writes the sidecar ``NAME.meta.csv`` (and
     otherwise removes a stale one). Used as a context manager; an exception inside the ``with`` block
@@ -115,8 +118,17 @@ class PackWriter:
         import mxnet as mx
         self.rec_path, self.idx_path = pack_paths(path)
         folder = os.path.dirname(os.path.abspath(self.rec_path))
-        os.makedirs(folder, exist_ok=True)
-        self._tmp_rec, self._tmp_idx = self.rec_path + ".tmp", self.idx_path + ".tmp"
+        for target in (self.rec_path, self.idx_path):
+            if os.path.lexists(target) and not os.path.isfile(target):
+                raise DataError(f"{target}: is not a regular file (a folder, FIFO or device); a pack is never "
+                                f"written over it")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for target in (self.rec_path, self.idx_path):
+                remove_stale_temporaries(target)
+            self._tmp_rec, self._tmp_idx = temporary_path(self.rec_path), temporary_path(self.idx_path)
+        except OSError as exc:
+            raise DataError(f"{self.rec_path}: cannot be written ({exc.strerror or exc})") from None
         self._record = mx.recordio.MXIndexedRecordIO(self._tmp_idx, self._tmp_rec, "w")
         self._mx = mx
         self._meta = []
@@ -138,8 +150,16 @@ class PackWriter:
             return
         self._record.close()
         self._record = None
-        os.replace(self._tmp_rec, self.rec_path)
-        os.replace(self._tmp_idx, self.idx_path)
+        try:
+            for tmp, target in ((self._tmp_rec, self.rec_path), (self._tmp_idx, self.idx_path)):
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+            os.replace(self._tmp_rec, self.rec_path)
+            os.replace(self._tmp_idx, self.idx_path)
+        except OSError as exc:
+            self.abort()
+            raise DataError(f"{self.rec_path}: cannot be written ({exc.strerror or exc})") from None
         if any(source or race is not None for _, source, race in self._meta):
             write_pack_meta(self.rec_path, self._meta)
         elif os.path.exists(meta_path(self.rec_path)):

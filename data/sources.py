@@ -68,14 +68,19 @@ def read_utkface_folder(folder):
 
 
 def read_csv(path):
-    """A CSV with columns ``path,age,gender[,split][,race]``; paths relative to the CSV's folder.
+    """A CSV with columns ``path,age,gender[,split][,race]`` (UTF-8, with or without a byte-order mark);
+    paths relative to the CSV's folder.
 
     ``race`` is UTKFace's code (0 White, 1 Black, 2 Asian, 3 Indian, 4 Others); empty or negative: unknown.
     """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a CSV file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: CSV file not found")
     folder = os.path.dirname(os.path.abspath(path))
     items = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:     # -sig: a byte-order mark is skipped
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             missing = [c for c in ("path", "age", "gender") if c not in columns]
@@ -89,6 +94,8 @@ def read_csv(path):
                                   _parse_race(row, where) if has_race else None))
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text CSV") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not items:
         raise DataError(f"{path}: no rows")
     return items, []

@@ -1,0 +1,199 @@
+"""Safe file output and standard streams: atomic writes, special files, silencing native stderr.
+
+Every output of the project goes through :func:`atomic_write`: the data goes to a temporary file next to
+the target, which is renamed onto it only once complete, so a crash, a signal or a full disk leaves either
+the previous file or nothing, never half a file. A target that is a FIFO or a character device
+(``/dev/stdout``, ``/dev/null``) is written in place instead of being replaced by a regular file.
+"""
+import contextlib
+import glob
+import os
+import stat
+import sys
+import tempfile
+import threading
+
+from .errors import AgeGenderError
+
+TEMP_PREFIX = ".tmp-"
+
+
+class OutputError(AgeGenderError):
+    """An output file cannot be written."""
+
+
+def is_special_file(path):
+    """True when ``path`` exists and is a FIFO, a character or a block device (written in place)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def check_output_path(path, what="output", error_class=None):
+    """Raise OutputError unless ``path`` can be an output file: not a folder, its folder not a file."""
+    error_class = error_class or OutputError
+    if os.path.isdir(path):
+        raise error_class(f"{path}: is a folder, the {what} must be a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise error_class(f"{path}: cannot write, {parent} is a file, not a folder")
+    if parent and not os.access(parent, os.W_OK | os.X_OK):
+        raise error_class(f"{path}: cannot write, no permission to write in {parent}")
+
+
+def temporary_path(path):
+    """A new, empty temporary file next to ``path`` (same file system, so the rename is atomic).
+
+    Its name holds this process's id, so :func:`remove_stale_temporaries` can tell a killed writer's file
+    from that of a writer still running.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}.", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def remove_stale_temporaries(path):
+    """Remove temporary files of ``path`` left by writers that were killed (their process is gone)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stem = TEMP_PREFIX + os.path.basename(path) + "."
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(stem) + "*")):
+        pid = os.path.basename(stale)[len(stem):].split(".")[0]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        remove_quietly(stale)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True         # exists, owned by someone else
+    return True
+
+
+def atomic_write(path, write, errors=(OSError,), describe=None, error_class=OutputError, mode=0o644):
+    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
+
+    A FIFO or device at ``path`` is passed to ``write`` directly. A failed write (one of ``errors``: full
+    disk, file size limit...) raises ``error_class`` naming ``path`` and leaves ``path`` as it was; the
+    temporary file is removed on any failure, including KeyboardInterrupt. ``describe(exc)`` gives the reason.
+    """
+    describe = describe or (lambda exc: getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1])
+    if is_special_file(path):
+        try:
+            write(path)
+        except errors as exc:
+            raise error_class(f"{path}: cannot be written ({describe(exc)})") from None
+        return path
+    check_output_path(path, error_class=error_class)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = temporary_path(path)
+    except OSError as exc:
+        raise error_class(f"{path}: cannot be written ({describe(exc)})") from None
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except errors as exc:
+        remove_quietly(tmp)
+        raise error_class(f"{path}: cannot be written ({describe(exc)}); the previous file is unchanged") from None
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return path
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def same_file(a, b):
+    """True when paths ``a`` and ``b`` name the same existing file (links and ``..`` resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# -- standard streams ------------------------------------------------------------------------------
+
+_closed_at_start = set()
+
+
+def ensure_standard_streams():
+    """Give file descriptors 0, 1 and 2 an open file (/dev/null) when the process started with them closed.
+
+    Otherwise the next file opened would get number 1 or 2 and native libraries' messages, or the
+    results, would land in it. ``sys.stdout``/``sys.stderr`` (None then) write to /dev/null too.
+    Returns the set of descriptors that were closed (see :func:`stream_was_closed`).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            _closed_at_start.add(fd)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    return set(_closed_at_start)
+
+
+def stream_was_closed(fd):
+    """True when descriptor ``fd`` (1 stdout, 2 stderr) was closed when the process started."""
+    return fd in _closed_at_start
+
+
+_redirect_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what native libraries (libpng, libjpeg, MXNet's C++ log) print on stderr, for a moment.
+
+    File descriptor 2 is process-wide: it is redirected only from the main thread, one redirection at a
+    time (nested or concurrent calls do nothing), so no thread can leave it pointing at /dev/null and
+    errors printed by other threads are at most hidden for the duration of one call. Elsewhere, or when
+    descriptor 2 cannot be duplicated, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or not _redirect_lock.acquire(blocking=False):
+        yield
+        return
+    saved = None
+    try:
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, 2)
+            finally:
+                os.close(null)
+        except (OSError, ValueError):
+            pass
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        _redirect_lock.release()
