@@ -208,3 +208,111 @@ def test_nan_model_is_refused_at_load_export_and_save(nan_model, face_112, tmp_p
     with pytest.raises(CheckpointError, match="'fc_bias' holds NaN or infinite values .* previous file is unchanged"):
         save_checkpoint(good, 1, sym, {"fc_weight": mx.nd.ones((2, 3)), "fc_bias": mx.nd.array([1, np.inf])}, {})
     assert open(checkpoint_paths(good, 1)[1], "rb").read() == before
+
+
+# -- outputs never replace FIFOs, devices or inputs -------------------------------------------------
+
+def test_export_out_refuses_folders_inputs_and_unchecked_fifos(original_model, tmp_path):
+    prefix = original_model[:-2]
+    export = os.path.join(PROJECT_ROOT, "export.py")
+    params = prefix + "-0000.params"
+    before = open(params, "rb").read()
+    one_line_usage_error(run_script(export, "--model", original_model, "--out", params, timeout=120),
+                         "is the checkpoint being exported")
+    assert open(params, "rb").read() == before
+    one_line_usage_error(run_script(export, "--model", original_model, "--out", tmp_path, timeout=120),
+                         "is a folder")
+    one_line_usage_error(run_script(export, "--model", original_model, "--out", tmp_path, "--image-size", "64,64",
+                                    timeout=120), "--image-size 64,64: aligned faces are '112,112' or '112,96'")
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    one_line_usage_error(run_script(export, "--model", original_model, "--out", fifo, timeout=120),
+                         "is a FIFO or a device")
+    # unchecked, the FIFO is written in place: its reader gets the whole model, the FIFO stays a FIFO
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(open(fifo, "rb").read()))
+    reader.start()
+    result = run_script(export, "--model", original_model, "--out", fifo, "--no-check", timeout=120)
+    reader.join(60)
+    assert result.returncode == 0, result.stderr
+    import onnx
+    assert onnx.load_from_string(bytes(received)).graph.name == "agegender"
+    assert stat_is_fifo(fifo)
+
+
+def stat_is_fifo(path):
+    import stat
+    return stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+def test_pack_writer_never_replaces_a_fifo_or_folder(face_112, tmp_path):
+    os.mkfifo(tmp_path / "train.rec")
+    (tmp_path / "val.idx").mkdir()
+    for name, target in (("train", "train.rec"), ("val", "val.idx")):
+        with pytest.raises(Exception) as caught:
+            PackWriter(str(tmp_path / name))
+        assert f"{tmp_path / target}: is not a regular file" in str(caught.value)
+    assert stat_is_fifo(tmp_path / "train.rec") and (tmp_path / "val.idx").is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["train.rec", "val.idx"]          # no temporary file left
+
+
+# -- usage errors and odd inputs of eval.py / data.prepare ------------------------------------------
+
+def test_prepare_usage_errors_are_one_line(tmp_path):
+    source = tmp_path / "labels.csv"
+    source.write_text("path,age,gender\nx.jpg,30,1\n")
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    prepare = ["-m", "data.prepare"]
+    for extra, words in (([source, "--out", tmp_path / "o", "--val-fraction", "1.5"], "--val-fraction 1.5: must be"),
+                         ([source, "--out", blocker], f"--out {blocker}: is a file, not a folder"),
+                         ([tmp_path / "nothing.csv", "--out", tmp_path / "o"], "nothing.csv: source not found"),
+                         ([source, "--out", tmp_path / "o", "--workers", "0"], "--workers 0: must be at least 1")):
+        one_line_usage_error(run_script(*prepare, *extra, timeout=60), words)
+
+
+def test_csv_with_a_byte_order_mark_is_read(shared, original_model, tmp_path):
+    with open(os.path.join(shared, "data", "utkface", "labels.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "val"][:3]
+    source = tmp_path / "bom.csv"
+    with open(source, "w", newline="", encoding="utf-8-sig") as f:       # as Excel saves "CSV UTF-8"
+        writer = csv.writer(f)
+        writer.writerow(["path", "age", "gender"])
+        for row in rows:
+            writer.writerow([os.path.join(shared, "data", "utkface", row["path"]), row["age"], row["gender"]])
+    assert source.read_bytes().startswith(b"\xef\xbb\xbfpath,")
+    result = run_script(os.path.join(PROJECT_ROOT, "eval.py"), "--data", source, "--aligned", "--model",
+                        original_model, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["n_detected"] == 3
+
+
+def test_eval_usage_errors_are_one_line(original_model, tmp_path):
+    source = tmp_path / "labels.csv"
+    source.write_text("path,age,gender\nx.jpg,30,1\n")
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    eval_py = os.path.join(PROJECT_ROOT, "eval.py")
+    for extra, words in ((["--data", tmp_path], "is a folder; give a .rec pack or a CSV file"),
+                         (["--data", tmp_path / "none.csv"], "none.csv: file not found"),
+                         (["--data", source, "--json", blocker / "m.json"], f"{blocker} is a file, not a folder"),
+                         (["--data", source, "--plot", tmp_path], "is a folder"),
+                         (["--data", source, "--plot", tmp_path / "p.xyz"], "unknown picture type")):
+        one_line_usage_error(run_script(eval_py, "--model", original_model, *extra, timeout=60), words)
+
+
+def test_webp_exif_orientation_is_honoured_like_jpeg(face_112, tmp_path):
+    from PIL import Image, ImageOps
+    from agegender.image import read_image
+    rgb = Image.fromarray(cv2.cvtColor(face_112[:, :80], cv2.COLOR_BGR2RGB))
+    for orientation in range(1, 9):
+        exif = rgb.getexif()
+        exif[0x0112] = orientation
+        paths = [tmp_path / f"o{orientation}.webp", tmp_path / f"o{orientation}.jpg"]
+        rgb.save(paths[0], lossless=True, exif=exif.tobytes())
+        rgb.save(paths[1], quality=98, exif=exif.tobytes())
+        with Image.open(paths[0]) as stored:
+            upright = cv2.cvtColor(np.asarray(ImageOps.exif_transpose(stored).convert("RGB")), cv2.COLOR_RGB2BGR)
+        webp, jpeg = (read_image(str(p))[0] for p in paths)
+        assert np.array_equal(webp, upright), orientation
+        assert jpeg.shape == webp.shape and np.abs(jpeg.astype(int) - webp).mean() < 4, orientation

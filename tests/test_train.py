@@ -106,7 +106,7 @@ def test_train_stop_resume_evaluate(packs, tmp_path):
 
 
 def test_eval_csv_counts_unreadable_images(packs, shared, tmp_path):
-    """A CSV of images: rows whose image cannot be used count in n but not in n_detected."""
+    """A CSV of images: a missing image is a reported bad item (exit 1), counted in n and n_unreadable."""
     prefix = str(tmp_path / "model")
     train.train(train_args(packs, prefix, "--end-epoch", "1", "--max-steps", "1"))
     csv_path = tmp_path / "faces.csv"
@@ -121,9 +121,11 @@ def test_eval_csv_counts_unreadable_images(packs, shared, tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--data", str(csv_path), "--aligned",
                            "--model", f"{prefix},1", "--json", str(out_json)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors[0] == f"error: {tmp_path / 'missing.jpg'}: file not found" and len(errors) == 2, done.stderr
     result = json.loads(out_json.read_text())
-    assert result["n"] == 4 and result["n_detected"] == 3
+    assert result["n"] == 4 and result["n_detected"] == 3 and result["n_unreadable"] == 1
 
 
 def test_settled_aux_params_hold_the_last_steps_batchnorm_update(shared):
