@@ -5,6 +5,8 @@
     python test.py photos/ --json faces.json --output annotated/
     python test.py --det 1 --image group.jpg --output group_annotated.jpg
     python test.py --backend onnx photos/            # onnxruntime on models/onnx (python export.py --defaults)
+    python test.py photos/ --jsonl faces.jsonl --resume --shard 3/16    # one part of a big collection
+    python test.py clip.mp4 --output clip_annotated.mp4 --json tracks.json  # face tracks over a video
 """
 import argparse
 import os
@@ -42,9 +44,18 @@ def build_parser():
     parser.add_argument("--output", default=None, help="annotated picture (one input) or folder (several)")
     parser.add_argument("--json", default=None, help="write results as a JSON array ('-' = stdout)")
     parser.add_argument("--csv", default=None, help="write one CSV row per face ('-' = stdout)")
+    parser.add_argument("--jsonl", default=None,
+                        help="stream one JSON object per image (per video frame, then a track summary) to this "
+                             "JSON Lines file as each is done ('-' = stdout)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --jsonl: skip inputs already finished in that file and append the others")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="process only part K of N (0 <= K < N) of the inputs, chosen by a stable hash of "
+                             "each file's path below its input folder (e.g. a Slurm array or Kubernetes Job index)")
     parser.add_argument("--raw", action="store_true", help="add the 202 raw fc1 values per face to the JSON")
     parser.add_argument("--show", action="store_true", help="show each annotated picture in a window")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (otherwise shown on stderr when it is a terminal)")
     return parser
 
 
@@ -54,7 +65,7 @@ def parse_args(argv=None):
     args.inputs = list(args.inputs) + list(args.image)
     if not args.inputs:
         args.inputs = [config.DEFAULT_IMAGE]
-        if not (args.output or args.json or args.csv or args.show):
+        if not (args.output or args.json or args.csv or args.jsonl or args.show):
             stem = os.path.splitext(os.path.basename(config.DEFAULT_IMAGE))[0]
             args.output = os.path.join("output", f"{stem}_annotated.jpg")
             args.json = os.path.join("output", f"{stem}.json")
@@ -68,6 +79,18 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.min_face is not None and args.min_face < 1:
         parser.error("--min-face must be at least 1")
+    if args.resume and (not args.jsonl or args.jsonl == "-"):
+        parser.error("--resume needs --jsonl FILE (the file it resumes)")
+    if args.resume and (args.json or args.csv):
+        parser.error("--resume appends to --jsonl only; --json/--csv would hold just this run's part")
+    if args.shard is not None:
+        try:
+            index, count = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            parser.error(f"--shard {args.shard}: expected 'K/N', e.g. 0/4")
+        if count < 1 or not 0 <= index < count:
+            parser.error(f"--shard {args.shard}: needs N >= 1 and 0 <= K < N")
+        args.shard = (index, count)
     return args
 
 

@@ -9,7 +9,10 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def face_label(face):
-    """The original's label text: ``"<age>, F"`` or ``"<age>, M"``."""
+    """The original's label text ``"<age>, F|M"``; a video face with a track shows its track id and the
+    track's smoothed values instead: ``"#<track> <age_track>, F|M"``."""
+    if face.get("track") is not None:
+        return f"#{face['track']} {round(face['age_track'])}, {'M' if face['gender_track'] > 0.5 else 'F'}"
     return f"{face['age']}, {face['gender']}"
 
 

@@ -1,5 +1,6 @@
 """Turning command-line inputs (files, folders, glob patterns, videos) into a stream of work items."""
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -51,6 +52,29 @@ def expand_inputs(specs):
         else:
             items.append(InputItem(spec, error=f"{spec}: file not found"))
     return items
+
+
+def shard_key(item):
+    """What decides an item's shard: its path below the folder it was found in, else the path as given,
+    with ``/`` separators, so the same files given the same way land in the same shard on any machine."""
+    rel = os.path.relpath(item.path, item.root) if item.root else os.path.normpath(item.path)
+    return rel.replace(os.sep, "/")
+
+
+def in_shard(item, index, count):
+    """Whether ``item`` belongs to shard ``index`` of ``count`` (0 <= index < count) by a stable hash."""
+    digest = hashlib.blake2b(shard_key(item).encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count == index
+
+
+def video_fps(path, default=25.0):
+    """Frames per second the video file announces (``default`` where it announces none)."""
+    capture = cv2.VideoCapture(path)
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return fps if fps and fps > 0 and fps < 1000 else default
 
 
 def iter_video_frames(path, every=1):

@@ -1,11 +1,19 @@
-"""The face tracker on real detections of frames made from a sample image (shifted copies, a blank gap)."""
+"""The face tracker on real detections of frames made from a sample image (shifted copies, a blank gap),
+and test.py on a clip made of such frames: track fields, summary record, annotated video."""
 import copy
+import csv
+import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from agegender.config import PROJECT_ROOT
+from analysis.draw import face_label
+from analysis.runner import VideoOutput
 from analysis.tracking import FaceTracker, box_iou
 
 SHIFT = (4, 2)          # pixels per frame (x, y)
@@ -104,3 +112,80 @@ def test_each_track_takes_at_most_one_face_per_frame():
     tracker.update(0, [dict(face)])
     faces = tracker.update(1, [dict(face, bbox=[1, 0, 11, 10]), dict(face, bbox=[0, 0, 10, 10])])
     assert [f["track"] for f in faces] == [1, 0]      # the better overlap keeps the track
+
+
+def test_face_label_shows_the_track_and_its_smoothed_values():
+    face = {"age": 31, "gender": "M", "track": 2, "age_track": 28.6, "gender_track": 0.3}
+    assert face_label(face) == "#2 29, F"
+    assert face_label({"age": 31, "gender": "M"}) == "31, M"
+
+
+def test_video_gets_tracks_a_summary_and_an_annotated_video(tmp_path, sample_images_dir):
+    """test.py on a clip of test2.jpg moving, one blank frame: track fields, summary record, annotated .mp4."""
+    base = cv2.imread(os.path.join(sample_images_dir, "test2.jpg"))[:344]  # Motion JPEG keeps even sizes
+    clip = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 10, (base.shape[1], base.shape[0]))
+    for k in range(6):
+        writer.write(np.full_like(base, 128) if k == BLANK_FRAME else shifted(base, k))
+    writer.release()
+    out = tmp_path / "annotated.mp4"
+    result = subprocess.run([sys.executable, os.path.join(PROJECT_ROOT, "test.py"), "--quiet", "--gpu", "-1", clip,
+                             "--json", "-", "--csv", str(tmp_path / "faces.csv"), "--output", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    frames, summary = records[:-1], records[-1]
+    assert [r["frame"] for r in frames] == list(range(6)) and summary["frames"] == 6
+    assert frames[BLANK_FRAME]["faces"] == [] and len(frames[0]["faces"]) >= 3
+    history = {}
+    for record in frames:
+        for face in record["faces"]:
+            seen = history.setdefault(face["track"], [])
+            seen.append((record["frame"], face["age_expected"], face["gender_prob_male"]))
+            assert face["age_track"] == pytest.approx(np.mean([a for _, a, _ in seen]), abs=0.006)
+            assert face["gender_track"] == pytest.approx(np.mean([g for _, _, g in seen]), abs=6e-5)
+    assert [t["track"] for t in summary["tracks"]] == sorted(history)
+    for track in summary["tracks"]:
+        seen = history[track["track"]]
+        assert (track["first_frame"], track["last_frame"], track["faces"]) == (seen[0][0], seen[-1][0], len(seen))
+    # the faces of frame 0 are found again after the blank frame under the same ids (default max gap)
+    assert {f["track"] for f in frames[0]["faces"]} & {f["track"] for f in frames[BLANK_FRAME + 1]["faces"]}
+    with open(tmp_path / "faces.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(r["faces"]) for r in frames)
+    assert [int(row["track"]) for row in rows] == [f["track"] for r in frames for f in r["faces"]]
+
+    video = cv2.VideoCapture(str(out))
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+    decoded = []
+    while True:
+        ok, picture = video.read()
+        if not ok:
+            break
+        decoded.append(picture)
+    video.release()
+    assert len(decoded) == 6 and decoded[0].shape[:2] == (frames[0]["height"], frames[0]["width"])
+    for record, picture in zip(frames, decoded):
+        for face in record["faces"]:
+            # the blue label background with the track's smoothed text sits on the box's top-left corner
+            x1, y1 = int(face["bbox"][0]), int(face["bbox"][1])
+            (width, height), _ = cv2.getTextSize(face_label(face), cv2.FONT_HERSHEY_SIMPLEX, 1, 2)
+            top = max(y1, height)
+            label = picture[top - height:top, x1:x1 + width].reshape(-1, 3)
+            b, g, r = np.median(label, axis=0)
+            assert b > 170 and g < 90 and r < 90, (record["frame"], face["track"], (b, g, r))
+
+
+def test_annotated_video_keeps_odd_sides(tmp_path):
+    picture = np.zeros((345, 611, 3), np.uint8)
+    picture[-1, :, 2] = 255                                   # the last row is red
+    out = VideoOutput(str(tmp_path / "odd.mp4"), fps=5)
+    for _ in range(2):
+        out.write(picture)
+    out.close()
+    assert sorted(os.listdir(tmp_path)) == ["odd.mp4"]        # the temporary name is gone
+    video = cv2.VideoCapture(str(tmp_path / "odd.mp4"))
+    ok, frame = video.read()
+    video.release()
+    assert ok and frame.shape == (346, 612, 3)                # padded by a copy of the last row/column
+    assert frame[-3:, 100:500, 2].mean() > 150
