@@ -149,6 +149,8 @@ def create_app(analyzers, max_bytes=config.SERVE_MAX_BYTES, max_pixels=config.SE
         data, name = await upload_from(request, max_bytes)
         try:
             return await pool.run(analyze_bytes, data, name, max_pixels, annotate)
+        except UploadError:
+            raise
         except ImageTooLargeError as exc:
             raise UploadError(str(exc), 413) from None
         except AgeGenderError as exc:

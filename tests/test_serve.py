@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -219,7 +220,9 @@ def test_upload_page_in_headless_chromium(server, sample_images_dir, tmp_path):
     assert dom.count("<tr>") == len(record["faces"]) + 1
 
 
-def test_onnx_backend_serves_the_onnx_json(sample_images_dir, tmp_path):
+def test_onnx_backend_and_a_full_queue(sample_images_dir, tmp_path):
+    """--backend onnx gives test.py's onnx JSON; with one worker and --queue 0 a second request while one is
+    in progress is answered 503 at once, and the first still completes."""
     from agegender import config
     if not os.path.exists(config.ONNX_DEFAULT_MODEL):
         pytest.skip("ONNX exports missing (`python export.py --defaults` / `make models`)")
@@ -228,10 +231,19 @@ def test_onnx_backend_serves_the_onnx_json(sample_images_dir, tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stderr
     expected = json.loads(result.stdout)[0]
-    server = Server("--backend", "onnx")
+    server = Server("--backend", "onnx", "--workers", "1", "--queue", "0")
     try:
         status, body, _ = post_image(server.url, "test2.jpg", read(sample_images_dir, "test2.jpg"))
         assert status == 200 and json.loads(body) == dict(expected, image="test2.jpg")
         assert json.loads(request(server.url + "/health")[1])["backend"] == "onnx"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post_image, server.url, "oscar1.jpg", read(sample_images_dir, "oscar1.jpg"))
+            while json.loads(request(server.url + "/health")[1])["in_progress"] == 0 and not slow.done():
+                time.sleep(0.01)
+            status, body, _ = post_image(server.url, "test2.jpg", read(sample_images_dir, "test2.jpg"))
+            assert not slow.done(), "the slow request ended before the second was sent"
+            assert status == 503 and "busy" in json.loads(body)["error"], body
+            status, body, _ = slow.result()
+        assert status == 200 and len(json.loads(body)["faces"]) > 100
     finally:
         server.stop()
