@@ -13,25 +13,14 @@ import sys
 
 from agegender import config
 from agegender.errors import AgeGenderError
-from analysis.detectors import DETECTORS, describe_detectors
+from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="TCP port")
-    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
-                        help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
-    parser.add_argument("--model", default=None, help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file)")
-    parser.add_argument("--gpu", type=int, default=0,
-                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
-    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
-    for entry in DETECTORS.values():
-        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
-    parser.add_argument("--aligned", action="store_true", help="uploads are already aligned faces (no detector)")
-    parser.add_argument("--flip", action="store_true", help="average each face with its mirror image")
-    parser.add_argument("--threshold", type=float, default=None, help="detector score threshold")
-    parser.add_argument("--min-face", type=int, default=None, help="MTCNN minimum face size in pixels")
+    add_analyzer_options(parser, aligned_help="uploads are already aligned faces (no detector)")
     parser.add_argument("--workers", type=int, default=1,
                         help="requests analysed at the same time, each worker with its own loaded models")
     parser.add_argument("--queue", type=int, default=config.SERVE_QUEUE,
@@ -46,19 +35,15 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_analyzer_options(parser, args)
     for name in ("workers", "max_bytes", "max_pixels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.queue < 0:
         parser.error("--queue must be at least 0")
     try:
-        from analysis.pipeline import FaceAnalyzer
         from analysis.service import create_app
-        analyzers = [FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
-                                  det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
-                                  threshold=args.threshold, min_face=args.min_face, backend=args.backend,
-                                  flip=args.flip)
-                     for _ in range(args.workers)]
+        analyzers = [analyzer_from_args(args) for _ in range(args.workers)]
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -14,31 +14,14 @@ import sys
 
 from agegender import config
 from agegender.errors import AgeGenderError
-from analysis.detectors import DETECTORS, describe_detectors
+from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns or videos")
     parser.add_argument("--image", nargs="+", default=[], help="input image(s); same as positional inputs")
-    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
-                        help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
-    parser.add_argument("--model", default=None,
-                        help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file); default: the shipped "
-                             "model (onnx: its export under models/onnx)")
-    parser.add_argument("--gpu", type=int, default=0,
-                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
-    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
-    parser.add_argument("--image-size", default="112,112", help="aligned face size 'height,width'")
-    for entry in DETECTORS.values():
-        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
-    parser.add_argument("--aligned", action="store_true", help="inputs are already aligned 112x112 faces")
-    parser.add_argument("--flip", action="store_true",
-                        help="average each face's estimate with its mirror image's (twice the network time)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="detector score threshold (MTCNN last stage, ESSH score)")
-    parser.add_argument("--min-face", type=int, default=None, help="smallest face in pixels (MTCNN: searched; ESSH: smaller boxes dropped)")
-    parser.add_argument("--batch-size", type=int, default=64, help="faces per forward batch")
+    add_analyzer_options(parser)
     parser.add_argument("--images-per-batch", type=int, default=8, help="images whose faces share a batch")
     parser.add_argument("--every", type=int, default=1, help="videos: process every N-th frame")
     parser.add_argument("--output", default=None, help="annotated picture (one input) or folder (several)")
@@ -69,16 +52,10 @@ def parse_args(argv=None):
             stem = os.path.splitext(os.path.basename(config.DEFAULT_IMAGE))[0]
             args.output = os.path.join("output", f"{stem}_annotated.jpg")
             args.json = os.path.join("output", f"{stem}.json")
-    try:
-        height, width = (int(v) for v in args.image_size.split(","))
-    except ValueError:
-        parser.error(f"--image-size {args.image_size}: expected 'height,width'")
-    args.image_size = (height, width)
-    for name in ("batch_size", "images_per_batch", "every"):
+    check_analyzer_options(parser, args)
+    for name in ("images_per_batch", "every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.min_face is not None and args.min_face < 1:
-        parser.error("--min-face must be at least 1")
     if args.resume and (not args.jsonl or args.jsonl == "-"):
         parser.error("--resume needs --jsonl FILE (the file it resumes)")
     if args.resume and (args.json or args.csv):
@@ -97,13 +74,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        from analysis.pipeline import FaceAnalyzer
         from analysis.runner import run
-        analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
-                                det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
-                                threshold=args.threshold, min_face=args.min_face,
-                                image_size=args.image_size, batch_size=args.batch_size, backend=args.backend,
-                                flip=args.flip)
+        analyzer = analyzer_from_args(args)
         return run(analyzer, args)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)

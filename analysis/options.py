@@ -1,0 +1,57 @@
+"""The command-line options that choose the networks, shared by test.py and serve.py.
+
+    add_analyzer_options(parser)
+    args = parser.parse_args()
+    check_analyzer_options(parser, args)      # usage errors (exit 2); parses --image-size
+    analyzer = analyzer_from_args(args)
+"""
+from agegender import config
+
+from .detectors import DETECTORS, describe_detectors
+
+
+def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x112 faces"):
+    """Add --backend, --model, --gpu, --det, --<detector>-model, --image-size, --aligned, --flip, --threshold,
+    --min-face and --batch-size to ``parser``."""
+    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
+                        help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
+    parser.add_argument("--model", default=None,
+                        help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file); default: the shipped "
+                             "model (onnx: its export under models/onnx)")
+    parser.add_argument("--gpu", type=int, default=0,
+                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
+    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
+    parser.add_argument("--image-size", default=",".join(map(str, config.IMAGE_SIZE)),
+                        help="aligned face size 'height,width'")
+    for entry in DETECTORS.values():
+        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
+    parser.add_argument("--aligned", action="store_true", help=aligned_help)
+    parser.add_argument("--flip", action="store_true",
+                        help="average each face's estimate with its mirror image's (twice the network time)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="detector score threshold (MTCNN last stage, ESSH score)")
+    parser.add_argument("--min-face", type=int, default=None,
+                        help="smallest face in pixels (MTCNN: searched; ESSH: smaller boxes dropped)")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces per forward batch")
+
+
+def check_analyzer_options(parser, args):
+    """Refuse bad values with ``parser.error`` (exit 2); turns ``args.image_size`` into ``(height, width)``."""
+    try:
+        height, width = (int(v) for v in args.image_size.split(","))
+    except ValueError:
+        parser.error(f"--image-size {args.image_size}: expected 'height,width'")
+    args.image_size = (height, width)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.min_face is not None and args.min_face < 1:
+        parser.error("--min-face must be at least 1")
+
+
+def analyzer_from_args(args):
+    """The FaceAnalyzer the options describe (loads the networks)."""
+    from .pipeline import FaceAnalyzer
+    return FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
+                        det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
+                        threshold=args.threshold, min_face=args.min_face, image_size=args.image_size,
+                        batch_size=args.batch_size, backend=args.backend, flip=args.flip)
