@@ -45,3 +45,9 @@ def reference_dir(shared):
 @pytest.fixture(scope="session")
 def sample_images_dir(shared):
     return _require_shared("sample-images")
+
+
+@pytest.fixture(scope="session")
+def utkface_images_dir(shared):
+    """Folder of the UTKFace chips (200x200 JPEG)."""
+    return _require_shared("data", "utkface", "images")

@@ -23,11 +23,9 @@ COUNT = 300
 
 
 @pytest.fixture(scope="module")
-def collection(shared, tmp_path_factory):
+def collection(utkface_images_dir, tmp_path_factory):
     """A folder of COUNT UTKFace chips in two subfolders (names with a space in one of them)."""
-    source = os.path.join(shared, "data", "utkface", "images")
-    if not os.path.isdir(source):
-        pytest.skip(f"{source}: UTKFace chips not found")
+    source = utkface_images_dir
     names = sorted(os.listdir(source))[:COUNT]
     root = tmp_path_factory.mktemp("collection") / "photos"
     for i, name in enumerate(names):
