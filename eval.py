@@ -27,6 +27,7 @@ from agegender.errors import AgeGenderError, DataError, UsageParser
 from agegender.files import atomic_write, check_output_path, ensure_standard_streams
 from agegender.metrics import age_gender_summary, cumulative_scores, fairness_report
 from agegender.model import AgeGenderModel, get_context
+from analysis.detectors import DETECTORS, describe_detectors
 
 BATCH = 64
 CS_CURVE_MAX = 20
@@ -52,16 +53,16 @@ class Unreadable(NamedTuple):
     reason: str
 
 
-def csv_faces(path, split=None, aligned=False, mtcnn_model=config.MTCNN_MODEL_DIR):
-    """Yield ``(face, gender, age, race)`` for every CSV row (of ``split``): ``face`` is the aligned BGR face,
-    None when no face is found, or an :class:`Unreadable` when the image is missing or cannot be read; race
-    None when unknown."""
-    from data.prepare import OK, FaceAligner
+def csv_faces(path, split=None, aligned=False, det=0, det_model=None, backend="mxnet"):
+    """Yield ``(face, gender, age, race)`` for every CSV row (of ``split``): ``face`` is the aligned BGR face
+    (found by ``det`` as data.prepare finds it), None when no face is found, or an :class:`Unreadable` when
+    the image is missing or cannot be read; race None when unknown."""
+    from data.aligner import OK, FaceAligner
     from data.sources import read_csv
     items = [item for item in read_csv(path)[0] if not split or item.split == split]
     if not items:
         raise DataError(f"{path}: no rows" + (f" with split '{split}'" if split else ""))
-    aligner = FaceAligner(mtcnn_model=mtcnn_model, aligned=aligned)
+    aligner = FaceAligner(det, det_model, backend, aligned=aligned)
     for item in items:
         status, payload = aligner(item.source)
         if status == OK:
@@ -177,7 +178,9 @@ def parse_args(argv=None):
                                                "and the cumulative score curve, to this picture")
     p.add_argument("--split", default="", help="CSV only: evaluate the rows of this split (train/val/test)")
     p.add_argument("--aligned", action="store_true", help="CSV only: images are already aligned faces")
-    p.add_argument("--mtcnn-model", default=config.MTCNN_MODEL_DIR, help="CSV only: MTCNN checkpoint folder")
+    p.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help="CSV only: " + describe_detectors())
+    for entry in DETECTORS.values():
+        p.add_argument(f"--{entry.package}-model", default=None, help="CSV only: " + entry.model_help)
     p.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
     p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -208,7 +211,8 @@ def main(argv=None):
         if args.data.endswith(".rec") or args.data.endswith(".idx"):
             faces = pack_faces(args.data)
         else:
-            faces = csv_faces(args.data, args.split, args.aligned, args.mtcnn_model)
+            faces = csv_faces(args.data, args.split, args.aligned, args.det,
+                              getattr(args, f"{DETECTORS[args.det].package}_model"))
         result = evaluate(model, faces, progress=args.progress)
         result["model"], result["data"], result["flip"] = args.model, args.data, args.flip
         text = json.dumps(result, indent=1, allow_nan=False)

@@ -28,6 +28,10 @@ MTCNN_THRESHOLDS = (0.6, 0.7, 0.8)
 MTCNN_FACTOR = 0.709
 MTCNN_MIN_FACE = 20
 
+# How data.prepare finds the face of a labelled image (analysis.faces.PACK_POLICY)
+PACK_PAD = 0.25                  # replicated border on each side, as a fraction of the image's longer side
+AUTO_MIN_FACE = 0.25             # "auto" smallest face, as a fraction of the image's shorter side
+
 # ESSH / RetinaFace family (SPEC §8)
 ESSH_DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "retinaface", "retinaface-mnet25") + ",0"
 ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"

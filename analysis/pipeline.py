@@ -14,12 +14,13 @@ Example::
 import cv2
 
 from agegender import config
-from agegender.align import align_face
 from agegender.backends import check_backend
 from agegender.errors import AgeGenderError
 from agegender.model import AgeGenderModel, get_context
 
-from .detectors import create_detector, detector_entry
+from .detectors import detector_entry
+from .faces import FaceFinder
+
 
 class FaceAnalyzer:
     """Load the age/gender model and a detector once; call :meth:`analyze` per image.
@@ -43,14 +44,8 @@ class FaceAnalyzer:
         self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size,
                                     backend=backend, flip=flip)
         self.detector_name = "aligned" if det is None else detector_entry(det).package
-        self.detector = None if det is None else create_detector(det, det_model, self.ctx, backend, threshold,
-                                                                 min_face)
-
-    def detect(self, image):
-        """Return ``(boxes (N,5), landmarks (N,5,2))`` for a BGR uint8 image."""
-        if self.detector is None:
-            raise AgeGenderError("this analyzer was built without a detector (det=None)")
-        return self.detector.detect(image)
+        self.finder = None if det is None else FaceFinder(det, det_model, backend, self.ctx, threshold, min_face,
+                                                          image_size=self.image_size)
 
     def analyze(self, image, raw=False):
         """Detect, align and estimate every face of one BGR image; returns a list of face dicts."""
@@ -61,12 +56,12 @@ class FaceAnalyzer:
 
         ``scales`` (one per image, default 1) multiplies coordinates, for images decoded at reduced size.
         """
-        detections = [self.detect(image) for image in images]
-        crops = [align_face(image, points, self.image_size)
-                 for image, (_, landmarks) in zip(images, detections) for points in landmarks]
-        estimates, fc1 = self.model.predict(crops)
+        if self.finder is None:
+            raise AgeGenderError("this analyzer was built without a detector (det=None)")
+        found = [self.finder.find(image) for image in images]
+        estimates, fc1 = self.model.predict([crop for faces in found for crop in faces.crops])
         results, k = [], 0
-        for i, (boxes, landmarks) in enumerate(detections):
+        for i, (boxes, landmarks, _) in enumerate(found):
             scale = 1.0 if scales is None else float(scales[i])
             faces = []
             for box, points in zip(boxes, landmarks):

@@ -328,7 +328,7 @@ def run(analyzer, args):
         if not pending:
             return
         images = [entry[2] for entry in pending]
-        if analyzer.detector is None:
+        if analyzer.finder is None:
             results = [_rescaled(faces, entry[3]) for faces, entry in
                        zip(analyzer.analyze_aligned(images, raw=args.raw), pending)]
         else:

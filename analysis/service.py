@@ -69,7 +69,7 @@ class AnalyzerPool:
 def analyze_bytes(analyzer, data, name, max_pixels, annotate=False):
     """Decode and analyse one uploaded image; returns ``(record, annotated JPEG bytes or None)``."""
     image, scale = decode_image(data, name, max_pixels=max_pixels)
-    if analyzer.detector is None:
+    if analyzer.finder is None:
         faces = _rescaled(analyzer.analyze_aligned([image])[0], scale)
     else:
         faces = analyzer.analyze_many([image], scales=[scale])[0]

@@ -64,7 +64,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_prepare.") as tmp:
         count = write_subset_csv(labels, args.images, os.path.join(tmp, "subset.csv"))
         summary = prepare(os.path.join(tmp, "subset.csv"), os.path.join(tmp, "out"), workers=args.workers,
-                          mtcnn_model=args.mtcnn_model, min_face=min_face, progress=False)
+                          det_model=args.mtcnn_model, min_face=min_face, progress=False)
         records = summary["records"].get("train", 0)
         result = {
             "images": count, "workers": args.workers, "mtcnn_model": args.mtcnn_model, "min_face": args.min_face,

@@ -73,7 +73,6 @@ def detector_worker(task):
 
 def pipeline_worker(task):
     """Images/s over a folder (groups of 8 images share a forward batch, as test.py) and the test1.jpg breakdown."""
-    from agegender.align import align_face
     from agegender.image import read_image
     from analysis.pipeline import FaceAnalyzer
     analyzer = FaceAnalyzer(task["model"], det=0, gpu=-1, det_model=task["mtcnn_model"], backend=task["backend"])
@@ -85,10 +84,9 @@ def pipeline_worker(task):
 
     folder_ms = median_ms(whole_folder, task["passes"])
     image, _ = read_image(task["breakdown_image"])
-    _, landmarks = analyzer.detect(image)
-    crops = [align_face(image, points, analyzer.image_size) for points in landmarks]
+    crops = analyzer.finder.find(image).crops
     pipeline_ms = median_ms(lambda: analyzer.analyze(image), task["runs"])
-    detect_ms = median_ms(lambda: analyzer.detect(image), task["runs"])
+    detect_ms = median_ms(lambda: analyzer.finder.detector.detect(image), task["runs"])
     network_ms = median_ms(lambda: analyzer.model.predict(crops), task["runs"])
     return {"images": len(images), "images_per_s": len(images) * 1000.0 / folder_ms,
             "breakdown_image": os.path.basename(task["breakdown_image"]), "faces": len(crops),

@@ -3,12 +3,13 @@
     python -m data.prepare SOURCE --out DIR [options]
 
 SOURCE is a UTKFace-style folder, a CSV (path,age,gender[,split]), an IMDB-WIKI .mat or a .rec pack.
-Each image is read, padded, searched with MTCNN (the face nearest the centre is kept), aligned and
-JPEG-encoded by a pool of worker processes; results are appended to a journal in DIR/.prepare so an
-interrupted run resumes where it stopped when the same command is run again. The packs are written
-from the journal at the end, in source order, so every kept image gives exactly one record; each pack
-gets a sidecar ``<split>.meta.csv`` (record key -> source image, race code). ``--meta-only`` writes just
-the sidecars for packs made earlier from the same source and settings (checked against their labels).
+Each image is read, padded, searched with a detector (``--det``, MTCNN by default; the face nearest the
+centre is kept), aligned and JPEG-encoded by a pool of worker processes (:mod:`data.aligner`); results
+are appended to a journal in DIR/.prepare so an interrupted run resumes where it stopped when the same
+command is run again. The packs are written from the journal at the end, in source order, so every kept
+image gives exactly one record; each pack gets a sidecar ``<split>.meta.csv`` (record key -> source
+image, race code). ``--meta-only`` writes just the sidecars for packs made earlier from the same source
+and settings (checked against their labels).
 """
 import csv
 import hashlib
@@ -24,22 +25,18 @@ import zlib
 from collections import Counter
 
 import cv2
-import numpy as np
 
 from agegender import config
-from agegender.align import align_face
-from agegender.errors import AgeGenderError, DataError, ImageError, UsageParser
+from agegender.errors import AgeGenderError, DataError, UsageParser
 from agegender.files import atomic_write, ensure_standard_streams
-from agegender.image import read_image
+from analysis.detectors import DETECTORS, describe_detectors
 
-from .records import JPEG_QUALITY, PackReader, PackWriter, encode_face, write_pack_meta
-from .sources import PACK_KEY_SEPARATOR, SPLITS, assign_splits, read_source, young_items
+from .aligner import OK, FaceAligner
+from .records import PackReader, PackWriter, write_pack_meta
+from .sources import SPLITS, assign_splits, read_source, young_items
 
 WORK_DIR = ".prepare"
-OK, SKIPPED = 0, 1
 CHUNK = 8                          # images per task sent to a worker
-DEFAULT_PAD = 0.25                 # border added on each side, as a fraction of the image size
-AUTO_MIN_FACE = 0.25               # auto minimum face size, as a fraction of the image's shorter side
 
 log = logging.getLogger("data.prepare")
 
@@ -94,63 +91,6 @@ class Journal:
 
 
 # -- per-image work (runs in the worker processes) -------------------------------------------------
-class FaceAligner:
-    """Read an image, find the face nearest its centre with MTCNN and return the aligned 112x112 crop."""
-
-    def __init__(self, mtcnn_model=config.MTCNN_MODEL_DIR, min_face="auto", pad=DEFAULT_PAD, aligned=False):
-        self.min_face, self.pad, self.aligned = min_face, pad, aligned
-        self.detector = None
-        if not aligned:
-            import mxnet as mx
-            from mtcnn import MtcnnDetector
-            self.detector = MtcnnDetector(model_dir=mtcnn_model, ctx=mx.cpu(), min_face=config.MTCNN_MIN_FACE,
-                                          thresholds=config.MTCNN_THRESHOLDS, factor=config.MTCNN_FACTOR,
-                                          accurate_landmark=True)
-        self._packs = {}
-
-    def load(self, source):
-        """BGR image of a file or of a pack record (``pack.rec#key``)."""
-        pack, sep, key = source.rpartition(PACK_KEY_SEPARATOR)
-        if sep and pack.endswith(".rec"):
-            if pack not in self._packs:
-                self._packs[pack] = PackReader(pack, check_labels=False)
-            return self._packs[pack].read_image(int(key))[1]
-        return read_image(source)[0]
-
-    def __call__(self, source):
-        """Return ``(OK, jpeg bytes)`` or ``(SKIPPED, reason)``."""
-        try:
-            image = self.load(source)
-        except (ImageError, DataError) as exc:
-            return SKIPPED, f"unreadable: {exc}"
-        size = config.IMAGE_SIZE
-        if self.aligned:
-            if image.shape[:2] != size:
-                image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
-            return OK, encode_face(image, JPEG_QUALITY)
-        landmarks, padded = self.find_face(image)
-        if landmarks is None:
-            return SKIPPED, "no face found"
-        return OK, encode_face(align_face(padded, landmarks, size), JPEG_QUALITY)
-
-    def find_face(self, image):
-        """Landmarks (5x2) of the face nearest the centre of the padded image, and that image."""
-        height, width = image.shape[:2]
-        border = int(round(self.pad * max(height, width)))
-        padded = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REPLICATE)
-        auto = max(config.MTCNN_MIN_FACE, int(AUTO_MIN_FACE * min(height, width)))
-        first = auto if self.min_face == "auto" else int(self.min_face)
-        for min_face in dict.fromkeys((first, config.MTCNN_MIN_FACE)):   # retry smaller faces once
-            self.detector.min_face = min_face
-            boxes, landmarks = self.detector.detect(padded)
-            if len(boxes):
-                centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
-                target = np.array([padded.shape[1], padded.shape[0]]) / 2
-                best = int(np.argmin(np.linalg.norm(centres - target, axis=1)))
-                return landmarks[best], padded
-        return None, padded
-
-
 _aligner = None
 
 
@@ -284,10 +224,13 @@ def write_meta(items, out_dir):
     return written
 
 
-def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, workers=None, mtcnn_model=None,
-            min_face="auto", pad=DEFAULT_PAD, aligned=False, min_face_score=1.0, swap_labels=False,
-            add_young=(), young_max_age=20, restart=False, keep_work=False, progress=True, meta_only=False):
+def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, workers=None, det_model=None,
+            min_face="auto", pad=config.PACK_PAD, aligned=False, min_face_score=1.0, swap_labels=False,
+            add_young=(), young_max_age=20, restart=False, keep_work=False, progress=True, meta_only=False,
+            det=0, backend="mxnet"):
     """Run the whole preparation (see the module docstring); returns a summary dict.
+
+    ``det``, ``det_model`` (None: the detector's default on ``backend``) and ``backend`` choose the detector.
 
     ``meta_only``: only write the sidecars of the packs already in ``out_dir`` (``{"meta": {split: n}}``).
     """
@@ -299,8 +242,8 @@ def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, worker
         raise DataError(f"{source}: no usable images (see {os.path.join(out_dir, 'skipped.csv')})")
     if meta_only:
         return {"source": source, "out": out_dir, "meta": write_meta(items, out_dir)}
-    options = {"mtcnn_model": os.path.abspath(mtcnn_model or config.MTCNN_MODEL_DIR), "min_face": min_face,
-               "pad": pad, "aligned": aligned}
+    options = {"det": det, "det_model": det_model and os.path.abspath(det_model), "backend": backend,
+               "min_face": min_face, "pad": pad, "aligned": aligned}
     work = os.path.join(out_dir, WORK_DIR)
     journal = _open_journal(work, items, options, restart)
     resumed = len(journal.entries)
@@ -340,11 +283,15 @@ def parse_args(argv=None):
     parser.add_argument("--test-fraction", type=float, default=0.0, help="random test share (writes test.rec)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (default: all cores)")
-    parser.add_argument("--mtcnn-model", default=None, help=f"MTCNN folder (default {config.MTCNN_MODEL_DIR})")
+    parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
+    for entry in DETECTORS.values():
+        parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
+    parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
+                        help="the detector's backend (onnx: files written by export.py)")
     parser.add_argument("--min-face", default="auto",
-                        help="MTCNN minimum face in px; 'auto' = a quarter of the image's shorter side (>= 20), "
+                        help="smallest face in px; 'auto' = a quarter of the image's shorter side (>= 20), "
                              "retried at 20 when nothing is found")
-    parser.add_argument("--pad", type=float, default=DEFAULT_PAD,
+    parser.add_argument("--pad", type=float, default=config.PACK_PAD,
                         help="replicated border on each side before detection, fraction of the image size")
     parser.add_argument("--aligned", action="store_true", help="images are already aligned: no detection, "
                                                                "only resized to 112x112 and re-encoded")
@@ -397,9 +344,10 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         summary = prepare(args.source, args.out, args.val_fraction, args.test_fraction, args.seed, args.workers,
-                          args.mtcnn_model, args.min_face, args.pad, args.aligned, args.min_face_score,
-                          args.swap_labels, args.add_young, args.young_max_age, args.restart, args.keep_work,
-                          progress=not args.quiet, meta_only=args.meta_only)
+                          getattr(args, f"{DETECTORS[args.det].package}_model"), args.min_face, args.pad,
+                          args.aligned, args.min_face_score, args.swap_labels, args.add_young, args.young_max_age,
+                          args.restart, args.keep_work, progress=not args.quiet, meta_only=args.meta_only,
+                          det=args.det, backend=args.backend)
     except AgeGenderError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

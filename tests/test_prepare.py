@@ -38,7 +38,7 @@ def folder_run(utk_images, original_mtcnn_dir, tmp_path_factory):
     (source / "33_0_1_20170101.jpg.chip.jpg").write_bytes(b"not a jpeg")
     shutil.copy(utk_images[0], source / "no_label_here.jpg")
     out = tmp_path_factory.mktemp("out")
-    summary = prepare(str(source), str(out), val_fraction=0.34, workers=1, mtcnn_model=original_mtcnn_dir,
+    summary = prepare(str(source), str(out), val_fraction=0.34, workers=1, det_model=original_mtcnn_dir,
                       keep_work=True, progress=False)
     return source, out, summary
 
@@ -98,7 +98,7 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(folder_run, orig
     with open(journal_path, "r+b") as f:          # as if killed while writing the 4th result
         f.truncate(offset + length // 2)
     summary = prepare(str(source), str(resumed_out), val_fraction=0.34, workers=1,
-                      mtcnn_model=original_mtcnn_dir, progress=False)
+                      det_model=original_mtcnn_dir, progress=False)
     assert summary["resumed_from"] == kept and summary["processed_now"] == first["processed_now"] - kept
     assert summary["records"] == first["records"]
     for name in ("train.rec", "train.idx", "val.rec", "val.idx"):
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(folder_run, orig
 def test_unfinished_run_with_other_settings_is_refused(folder_run, original_mtcnn_dir):
     source, out, _ = folder_run
     with pytest.raises(DataError, match="another source or settings"):
-        prepare(str(source), str(out), val_fraction=0.5, workers=1, mtcnn_model=original_mtcnn_dir,
+        prepare(str(source), str(out), val_fraction=0.5, workers=1, det_model=original_mtcnn_dir,
                 progress=False)
 
 
@@ -122,7 +122,7 @@ def test_csv_source_with_test_split(utk_images, original_mtcnn_dir, tmp_path):
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     summary = prepare(str(tmp_path / "labels.csv"), str(tmp_path / "out"), workers=1,
-                      mtcnn_model=original_mtcnn_dir, progress=False)
+                      det_model=original_mtcnn_dir, progress=False)
     assert summary["records"] == {"train": 1, "val": 1, "test": 1}
     for i, split in enumerate(("train", "val", "test")):
         np.testing.assert_array_equal(PackReader(str(tmp_path / "out" / f"{split}.rec")).labels, [[i % 2, 20 + i]])
@@ -170,7 +170,7 @@ def test_imdb_wiki_mat_is_cleaned(utk_images, original_mtcnn_dir, tmp_path):
     assert [r[1] for r in rejected] == ["second face in the picture", "unknown gender", "face_score below 1.0",
                                         "age outside 0..100 or bad dob"]
     summary = prepare(str(tmp_path / "wiki.mat"), str(tmp_path / "out"), val_fraction=0.0, workers=1,
-                      mtcnn_model=original_mtcnn_dir, progress=False)
+                      det_model=original_mtcnn_dir, progress=False)
     assert summary["records"] == {"train": 3}
     np.testing.assert_array_equal(PackReader(str(tmp_path / "out" / "train.rec")).labels,
                                   [[1, 25], [0, 61], [1, 34]])
