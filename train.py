@@ -38,10 +38,13 @@ from agegender.errors import AgeGenderError, UsageParser
 from agegender.files import ensure_standard_streams
 from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
-from agegender.training import (LRSchedule, average_aux_params, broadcast_params, default_lr_steps,
+from agegender.training import (LRSchedule, average_aux_params, balanced_sample_weights, broadcast_params,
+                                default_lr_steps,
                                 dist_steps_per_epoch, get_devices, init_aux_keys, initializer_for, load_optimizer_states,
                                 load_resume_point, parse_lr_steps, save_trainer_state, settled_aux_params, state_paths)
 from data.iterator import FaceImageIter
+from data.records import PackReader
+from symbols.pretrained import backbone_params
 
 log = logging.getLogger("train")
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
@@ -54,6 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", required=True, help="folder with train.rec/.idx and optionally val.rec/.idx")
     p.add_argument("--prefix", default="runs/model/model", help="checkpoint prefix (its folder is created)")
     p.add_argument("--pretrained", default="", help="'prefix,epoch' to warm-start from (missing layers initialised)")
+    p.add_argument("--pretrained-backbone", default="",
+                   help="'prefix,epoch' of a RetinaFace MobileNet-0.25 detector (e.g. models/retinaface/"
+                        "retinaface-mnet25,0): start the 27 backbone blocks from its face-trained weights, the head "
+                        "fresh; needs --network m1 --multiplier 0.25 --version-input 0 --version-body retinaface")
+    p.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                   help="learning rate of the 27 backbone blocks relative to --lr (the head always gets 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last complete checkpoint under --prefix (same schedule, optimizer state)")
     p.add_argument("--ckpt", type=int, default=1, choices=(0, 1, 2),
@@ -66,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--version-input", type=int, default=1)
     p.add_argument("--version-output", default="GAP", help="head type (GAP, E, GDC, ...)")
     p.add_argument("--version-act", default="prelu", help="activation of the head")
+    p.add_argument("--version-body", default="original", choices=symbols.MOBILENET_BODIES,
+                   help="MobileNet blocks: the original's (ReLU, fixed-gamma BatchNorm) or the RetinaFace "
+                        "backbone's (LeakyReLU 0.1, learned gamma, mean-subtracted input)")
     p.add_argument("--multiplier", type=float, default=0.25, help="MobileNet width multiplier")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "nadam"))
     p.add_argument("--lr", type=float, default=0.1, help="base learning rate")
@@ -83,6 +95,12 @@ def parse_args(argv=None):
     p.add_argument("--gender-weight", type=float, default=10.0,
                    help="weight of the gender loss against the sum of the 100 age losses")
     p.add_argument("--age-smoothing", type=float, default=0.0, help="label smoothing of the ordinal age targets")
+    p.add_argument("--age-sigma", type=float, default=0.0,
+                   help="soft ordinal targets P(age > k) for a Gaussian of this many years around the label "
+                        "(0: the hard 0/1 targets)")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="draw each epoch's faces with weight 1/n^B, n the faces of their (age decade, race) "
+                        "group (race from the pack's .meta.csv): 0 = plain shuffle, 1 = fully balanced")
     p.add_argument("--gpus", default=None, help="GPU ids '0,1' (default: $CUDA_VISIBLE_DEVICES, else CPU)")
     p.add_argument("--cpus", type=int, default=0,
                    help="split each batch over this many CPU contexts (tests the multi-device path without GPUs)")
@@ -104,7 +122,8 @@ def parse_args(argv=None):
     if len(size) != 2 or size[0] != size[1] or size[0] < 1:
         p.error(f"--image-size {args.image_size}: must be a square size 'S,S' with S >= 1")
     args.data_shape = (3, size[0], size[1])
-    for name in ("lr", "wd", "mom", "multiplier", "rand_crop", "gender_weight", "age_smoothing"):
+    for name in ("lr", "wd", "mom", "multiplier", "rand_crop", "gender_weight", "age_smoothing", "age_sigma",
+                 "balance", "backbone_lr_mult"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name in ("lr", "multiplier") and value == 0):
             p.error(f"--{name.replace('_', '-')} {value}: must be a finite number "
@@ -138,6 +157,17 @@ def parse_args(argv=None):
             p.error(str(exc))
     if len(args.data_dir.split(",")) != 1:
         p.error("--data-dir: give one folder")
+    if args.pretrained_backbone:
+        try:
+            parse_model_spec(args.pretrained_backbone)
+        except AgeGenderError as exc:
+            p.error(f"--pretrained-backbone: {exc}")
+        if (symbols.parse_network(args.network) != ("mobilenet", 1) or args.multiplier != 0.25
+                or args.version_input != 0 or args.version_body != "retinaface"):
+            p.error("--pretrained-backbone needs --network m1 --multiplier 0.25 --version-input 0 "
+                    "--version-body retinaface (the detector backbone's layout)")
+    if args.balance > 1:
+        p.error(f"--balance {args.balance}: must be between 0 and 1")
     return args
 
 
@@ -145,7 +175,7 @@ def network_symbol(args):
     """The fc1 symbol of the network ``args`` describe."""
     return symbols.get_symbol(args.network, num_classes=config.FC1_SIZE, multiplier=args.multiplier,
                               version_input=args.version_input, version_output=args.version_output,
-                              version_act=args.version_act)
+                              version_act=args.version_act, version_body=args.version_body)
 
 
 def setup_logging(path):
@@ -182,7 +212,8 @@ def evaluate(module, data_iter):
 def build_module(args, devices):
     """The training symbol (fc1 + loss heads) in a Module, and the bare fc1 symbol that checkpoints hold."""
     fc1 = network_symbol(args)
-    train_sym = get_loss_symbol(fc1, gender_weight=args.gender_weight, age_smoothing=args.age_smoothing)
+    train_sym = get_loss_symbol(fc1, gender_weight=args.gender_weight, age_smoothing=args.age_smoothing,
+                                age_sigma=args.age_sigma)
     module = mx.mod.Module(train_sym, data_names=["data"], label_names=["softmax_label"], context=devices)
     return module, fc1
 
@@ -191,13 +222,53 @@ def make_optimizer(args, schedule, begin_step, num_replicas):
     """SGD (momentum) / Adam / Nadam with the schedule, continuing from global step ``begin_step``.
 
     The loss heads average over each device's batch, so gradients summed over ``num_replicas``
-    (devices x synchronous workers) are divided by that number.
+    (devices x synchronous workers) are divided by that number. ``--backbone-lr-mult`` scales the
+    learning rate of MobileNet's 27 blocks.
     """
     common = dict(learning_rate=schedule.base_lr, wd=args.wd, lr_scheduler=schedule,
                   rescale_grad=1.0 / num_replicas, begin_num_update=begin_step)
     if args.optimizer == "sgd":
-        return mx.optimizer.create("sgd", momentum=args.mom, **common)
-    return mx.optimizer.create(args.optimizer, **common)
+        optimizer = mx.optimizer.create("sgd", momentum=args.mom, **common)
+    else:
+        optimizer = mx.optimizer.create(args.optimizer, **common)
+    if args.backbone_lr_mult != 1.0:
+        blocks = set(symbols.mobilenet_block_names())
+        names = [name for name in network_symbol(args).list_arguments()
+                 if name.rsplit("_", 2)[0] in blocks]
+        optimizer.set_lr_mult({name: args.backbone_lr_mult for name in names})
+    return optimizer
+
+
+def pretrained_backbone(spec, train_rec, data_shape, num_faces=512):
+    """Backbone weights from a RetinaFace detector checkpoint, BatchNorms measured on training faces."""
+    prefix, epoch = parse_model_spec(spec)
+    faces = []
+    sample = FaceImageIter(train_rec, 128, data_shape=data_shape)
+    try:
+        for batch in sample:
+            faces.append(batch.data[0].asnumpy()[:128 - batch.pad])
+            if sum(len(f) for f in faces) >= num_faces:
+                break
+    finally:
+        sample.close()
+    arg_params, aux_params = backbone_params(prefix, epoch, np.concatenate(faces)[:num_faces])
+    log.info("backbone from %s: %d arrays (BatchNorm statistics from %d training faces)", spec,
+             len(arg_params) + len(aux_params), min(num_faces, sum(len(f) for f in faces)))
+    return arg_params, aux_params
+
+
+def balance_weights(train_rec, power):
+    """Per-record sampling weights 1/n^power over (age decade, race) groups; race from the pack's sidecar."""
+    reader = PackReader(train_rec)
+    try:
+        meta = reader.read_meta()
+        ages = reader.labels[:, 1]
+    finally:
+        reader.close()
+    races = meta["race"] if meta else [None] * len(ages)
+    if not meta:
+        log.warning("--balance: %s has no .meta.csv sidecar (race); balancing over age decades only", train_rec)
+    return balanced_sample_weights(ages, races, power)
 
 
 class Cluster:
@@ -293,7 +364,8 @@ def train(args):
     train_iter = FaceImageIter(train_rec, batch_size, data_shape=args.data_shape, shuffle=bool(args.shuffle),
                                num_parts=cluster.num_workers, part_index=rank,
                                rand_mirror=bool(args.rand_mirror), color_jitter=args.color, cutoff=args.cutoff,
-                               rand_crop=args.rand_crop, seed=args.seed)
+                               rand_crop=args.rand_crop, seed=args.seed,
+                               sample_weights=balance_weights(train_rec, args.balance) if args.balance else None)
     val_iter = (FaceImageIter(val_rec, batch_size, data_shape=args.data_shape)
                 if rank == 0 and os.path.isfile(val_rec) else None)
     steps_per_epoch = dist_steps_per_epoch(len(train_iter.reader), batch_size, cluster.num_workers)
@@ -319,6 +391,8 @@ def train(args):
         log.info("resuming from %s-%04d: epoch %d done, global step %d", prefix, epoch, epoch, global_step)
     else:
         arg_params = aux_params = None
+        if args.pretrained_backbone:
+            arg_params, aux_params = pretrained_backbone(args.pretrained_backbone, train_rec, args.data_shape)
         if args.pretrained:
             pre_prefix, pre_epoch = parse_model_spec(args.pretrained)
             _, arg_params, aux_params = load_checkpoint(pre_prefix, pre_epoch)

@@ -22,6 +22,7 @@ import re
 from typing import NamedTuple
 
 import mxnet as mx
+import numpy as np
 # from the submodule: a dist_async server unpickles LRSchedule while `import mxnet` is still running
 from mxnet.lr_scheduler import LRScheduler
 
@@ -339,3 +340,18 @@ def initializer_for(network):
     if network[0] in "ix":
         return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
     return mx.init.Xavier(rnd_type="uniform", factor_type="in", magnitude=2)
+
+
+def balanced_sample_weights(ages, races, power, top_decade=8):
+    """Sampling weights (sum 1) of ``1 / n**power`` per face, ``n`` the size of its (age decade, race) group.
+
+    Ages of ``top_decade`` decades and more form one group (few faces are that old); a race of None is a
+    group of its own. ``power`` 0 gives uniform weights, 1 equal total weight for every group.
+    """
+    decades = np.minimum(np.asarray(ages, dtype=np.int64) // 10, top_decade)
+    keys = [(int(d), -1 if r is None else int(r)) for d, r in zip(decades, races)]
+    counts = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    weights = np.array([counts[key] ** -float(power) for key in keys])
+    return weights / weights.sum()

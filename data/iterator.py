@@ -45,11 +45,13 @@ class FaceImageIter(mx.io.DataIter):
     [1 - rand_crop, 1 + rand_crop] and shifts by up to ``rand_crop`` of the size (black border).
     ``shuffle`` reorders the records at every reset(); ``num_parts``/``part_index`` take every
     num_parts-th record starting at part_index. ``seed`` makes shuffling and augmentation repeatable.
+    ``sample_weights`` (one per pack record) makes every epoch a draw with replacement of as many faces
+    as the part holds, in proportion to the weights (for balancing groups).
     """
 
     def __init__(self, path_imgrec, batch_size, data_shape=(3, 112, 112), shuffle=False, rand_mirror=False,
                  color_jitter=0, cutoff=0, num_parts=1, part_index=0, seed=None, rand_crop=0.0,
-                 prefetch=4, num_threads=2, data_name="data", label_name="softmax_label"):
+                 prefetch=4, num_threads=2, data_name="data", label_name="softmax_label", sample_weights=None):
         super().__init__(batch_size)
         if len(data_shape) != 3 or data_shape[0] != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(f"data_shape must be (3, S, S), got {data_shape}")
@@ -64,6 +66,12 @@ class FaceImageIter(mx.io.DataIter):
         if len(self.rows) == 0:
             raise DataError(f"{self.path_imgrec}: part {part_index} of {num_parts} holds no records")
         self.num_samples = len(self.rows)
+        self._weights = None
+        if sample_weights is not None:
+            weights = np.asarray(sample_weights, np.float64)
+            if weights.shape != (len(self.reader),) or not np.all(np.isfinite(weights)) or weights.min() < 0:
+                raise ValueError(f"sample_weights must be {len(self.reader)} finite weights >= 0")
+            self._weights = weights[self.rows] / weights[self.rows].sum()
         self.labels = np.stack([encode_labels(g, a) for g, a in self.reader.labels[self.rows]])
         self.provide_data = [mx.io.DataDesc(data_name, (batch_size,) + self.data_shape, np.float32)]
         self.provide_label = [mx.io.DataDesc(label_name, (batch_size, 1 + AGE_CLASSES), np.float32)]
@@ -81,7 +89,12 @@ class FaceImageIter(mx.io.DataIter):
     def reset(self):
         """Start a new epoch (reshuffled when ``shuffle``)."""
         self._halt()
-        order = self.rows.copy() if not self.shuffle else self._rng.permutation(self.rows)
+        if self._weights is not None:
+            order = np.sort(self._rng.choice(self.rows, size=len(self.rows), replace=True, p=self._weights))
+            if self.shuffle:
+                order = self._rng.permutation(order)
+        else:
+            order = self.rows.copy() if not self.shuffle else self._rng.permutation(self.rows)
         self._positions = np.searchsorted(self.rows, order)
         self._queue = queue.Queue(maxsize=self._prefetch)
         self._stop = threading.Event()

@@ -6,7 +6,9 @@
 ['m1', 'r18', 'r34']
 """
 from . import fmobilenet, fresnet  # noqa: F401  (importing a family registers it)
+from .fmobilenet import BODIES as MOBILENET_BODIES
+from .fmobilenet import block_names as mobilenet_block_names
 from .heads import HEADS
 from .registry import count_params, get_symbol, list_families, list_networks, parse_network, register
 
-__all__ = ["HEADS", "count_params", "get_symbol", "list_families", "list_networks", "parse_network", "register"]
+__all__ = ["HEADS", "MOBILENET_BODIES", "mobilenet_block_names", "count_params", "get_symbol", "list_families", "list_networks", "parse_network", "register"]

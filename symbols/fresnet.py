@@ -146,10 +146,11 @@ def resnet_body(depth, version_input=1, version_unit=3, version_se=0, version_ac
 
 @register("resnet", prefix="r", variants=sorted(UNITS_PER_STAGE))
 def resnet(depth=50, num_classes=config.FC1_SIZE, version_input=1, version_output="GAP", version_unit=3,
-           version_se=0, version_act="prelu", multiplier=None):
+           version_se=0, version_act="prelu", multiplier=None, version_body=None):
     """ResNet ``r<depth>`` with head ``version_output``; returns the ``fc1`` symbol.
 
-    ``multiplier`` is a MobileNet option, accepted and ignored like the original did.
+    ``multiplier`` and ``version_body`` are MobileNet options, accepted and ignored (the original ignored
+    ``multiplier`` too).
     """
     body, channels = resnet_body(depth, version_input, version_unit, version_se, version_act)
     return get_fc1(body, num_classes, version_output, channels, act_type=version_act)

@@ -35,6 +35,12 @@ def conv(data, num_filter, kernel, name, stride=1, num_group=1, no_bias=True):
                               pad=(pad, pad), num_group=num_group, no_bias=no_bias, name=name)
 
 
+def subtract_channel_means(data, means):
+    """``data`` minus one constant per channel (``means`` in channel order), without adding parameters."""
+    channels = mx.sym.split(data, num_outputs=len(means), axis=1)
+    return mx.sym.concat(*[channels[i] - float(mean) for i, mean in enumerate(means)], dim=1)
+
+
 def scale_input(data):
     """``(x - 127.5) * 0.0078125`` in the graph, so the networks take raw 0..255 RGB pixels."""
     return (data - 127.5) * 0.0078125

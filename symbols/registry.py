@@ -4,7 +4,7 @@ A family registers its builder under a name with :func:`register`, together with
 network names and the numbers it accepts after that letter ("m1" -> family "mobilenet", variant 1;
 "r50" -> family "resnet", variant 50). Builders are called as
 ``builder(variant, num_classes=..., multiplier=..., version_input=..., version_output=..., version_unit=...,
-version_se=..., version_act=...)`` and return the ``fc1`` output symbol.
+version_se=..., version_act=..., version_body=...)`` and return the ``fc1`` output symbol.
 """
 import math
 import re
@@ -58,7 +58,7 @@ def parse_network(network):
 
 
 def get_symbol(network="m1", num_classes=config.FC1_SIZE, multiplier=1.0, version_input=1, version_output="GAP",
-               version_unit=3, version_se=0, version_act="prelu"):
+               version_unit=3, version_se=0, version_act="prelu", version_body="original"):
     """Build network ``network`` (e.g. ``"m1"``, ``"r50"``) up to its ``fc1`` output, without any loss.
 
     The input is the variable ``data``: N x 3 x 112 x 112 RGB pixels 0..255 (scaled inside the graph).
@@ -70,14 +70,18 @@ def get_symbol(network="m1", num_classes=config.FC1_SIZE, multiplier=1.0, versio
     * ``version_output``: head type, see :data:`symbols.heads.HEADS` (``"GAP"``, ``"E"``, ``"GDC"``, ...).
     * ``version_unit`` (1, 2, 3 or ``"3x"``), ``version_se`` (0/1): ResNet residual unit and
       squeeze-excitation; ignored by MobileNet.
-    * ``version_act``: activation of the head (and of ResNet units); MobileNet's inner blocks are always ReLU.
+    * ``version_act``: activation of the head (and of ResNet units).
+    * ``version_body``: MobileNet's block layout, ``"original"`` (ReLU, fixed-gamma BatchNorm) or
+      ``"retinaface"`` (LeakyReLU 0.1, learned gamma: the RetinaFace backbone's, see
+      :mod:`symbols.pretrained`); ignored by ResNets.
 
     Unknown network names or options raise ValueError.
     """
     family_name, variant = parse_network(network)
     return _FAMILIES[family_name].builder(
         variant, num_classes=num_classes, multiplier=multiplier, version_input=version_input,
-        version_output=version_output, version_unit=version_unit, version_se=version_se, version_act=version_act)
+        version_output=version_output, version_unit=version_unit, version_se=version_se, version_act=version_act,
+        version_body=version_body)
 
 
 def count_params(sym, data_shape, include_aux=False):
