@@ -13,6 +13,7 @@ accuracy also apart for children under 10 and everyone older. A CSV image that i
 is one ``error:`` line, counted in ``n_unreadable`` (not in the metrics), and makes the exit status 1; an
 image where no face is found counts in ``n`` but not in ``n_detected``.
 """
+import argparse
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from agegender import config
-from agegender.decode import decode_age, decode_age_expected, decode_gender
+from agegender.decode import AGE_DECODINGS, decode_age_as, decode_age_expected, decode_gender
 from agegender.errors import AgeGenderError, DataError, UsageParser
 from agegender.files import atomic_write, check_output_path, ensure_standard_streams
 from agegender.metrics import age_gender_summary, cumulative_scores, fairness_report
@@ -103,7 +104,8 @@ def evaluate(model, faces, progress=False):
     if pending:
         flush()
     fc1 = np.concatenate(fc1_parts) if fc1_parts else np.zeros((0, config.FC1_SIZE), np.float32)
-    age_pred, age_expected, gender_pred = decode_age(fc1), decode_age_expected(fc1), decode_gender(fc1)[0]
+    age_pred = decode_age_as(fc1, model.age_decoding)
+    age_expected, gender_pred = decode_age_expected(fc1), decode_gender(fc1)[0]
     result = age_gender_summary(ages, age_pred, age_expected, genders, gender_pred)
     result["n"], result["n_detected"], result["n_unreadable"] = total, len(ages), unreadable
     result["cs_curve"] = [round(float(v), 6) for v in cumulative_scores(ages, age_pred, CS_CURVE_MAX)] if ages else []
@@ -182,7 +184,10 @@ def parse_args(argv=None):
     for entry in DETECTORS.values():
         p.add_argument(f"--{entry.package}-model", default=None, help="CSV only: " + entry.model_help)
     p.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
-    p.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each face with its mirror image (default: the model's own setting)")
+    p.add_argument("--age-decoding", choices=AGE_DECODINGS, default=None,
+                   help="how 'age' is read from the classifiers (default: the model's own setting)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     args = p.parse_args(argv)
     if os.path.isdir(args.data):
@@ -207,14 +212,16 @@ def main(argv=None):
     ensure_standard_streams()
     args = parse_args(argv)
     try:
-        model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip)
+        model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip,
+                               age_decoding=args.age_decoding)
         if args.data.endswith(".rec") or args.data.endswith(".idx"):
             faces = pack_faces(args.data)
         else:
             faces = csv_faces(args.data, args.split, args.aligned, args.det,
                               getattr(args, f"{DETECTORS[args.det].package}_model"))
         result = evaluate(model, faces, progress=args.progress)
-        result["model"], result["data"], result["flip"] = args.model, args.data, args.flip
+        result["model"], result["data"], result["flip"] = args.model, args.data, model.flip
+        result["age_decoding"] = model.age_decoding
         text = json.dumps(result, indent=1, allow_nan=False)
         if args.json:
             atomic_write(args.json, lambda tmp: _write_text(tmp, text + "\n"))

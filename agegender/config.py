@@ -33,6 +33,10 @@ PACK_PAD = 0.25                  # replicated border on each side, as a fraction
 AUTO_MIN_FACE = 0.25             # "auto" smallest face, as a fraction of the image's shorter side
 
 # ESSH / RetinaFace family (SPEC §8)
+# Test-time settings of a model without an inference sidecar (<prefix>-inference.json or ONNX metadata):
+# the original's decoding, no mirror averaging, so the original checkpoint keeps its numbers.
+INFERENCE_DEFAULTS = {"age_decoding": "votes", "flip": False}
+INFERENCE_SUFFIX = "-inference.json"
 ESSH_DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "retinaface", "retinaface-mnet25") + ",0"
 ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"
 ESSH_THRESHOLD = 0.5

@@ -7,6 +7,8 @@ import numpy as np
 
 from .config import AGE_CLASSES
 
+AGE_DECODINGS = ("votes", "expected", "mean")
+
 
 def _softmax_pairs(logits):
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -39,11 +41,24 @@ def decode_age_expected(fc1):
     return _softmax_pairs(_age_pairs(fc1))[..., 1].sum(axis=-1)
 
 
-def decode_faces(fc1):
-    """Decode an (N, 202) array into a list of dicts with age, age_expected, gender and its probability."""
+def decode_age_as(fc1, method="votes"):
+    """Whole-year ages by ``method`` (one of :data:`AGE_DECODINGS`): ``votes`` the original's count,
+    ``expected`` the rounded expected value, ``mean`` the rounded mean of the two."""
+    if method == "votes":
+        return decode_age(fc1)
+    if method == "expected":
+        return np.rint(decode_age_expected(fc1)).astype(np.int64)
+    if method == "mean":
+        return np.rint((decode_age(fc1) + decode_age_expected(fc1)) / 2).astype(np.int64)
+    raise ValueError(f"unknown age decoding '{method}'; choose one of {', '.join(AGE_DECODINGS)}")
+
+
+def decode_faces(fc1, age_decoding="votes"):
+    """Decode an (N, 202) array into a list of dicts with age (by ``age_decoding``, see
+    :func:`decode_age_as`), age_expected, gender and its probability."""
     fc1 = np.atleast_2d(np.asarray(fc1, dtype=np.float32))
     gender, prob_male = decode_gender(fc1)
-    ages = decode_age(fc1)
+    ages = decode_age_as(fc1, age_decoding)
     expected = decode_age_expected(fc1)
     return [
         {

@@ -2,13 +2,15 @@
 
 On the ``onnx`` backend the network is an exported ONNX file run by onnxruntime and MXNet is never imported.
 """
+import os
+
 import cv2
 import numpy as np
 
 from . import config
 from .backends import MXNetRunner, OnnxRunner, check_backend
 from .checkpoint import checkpoint_paths, parse_model_spec
-from .decode import decode_faces
+from .decode import AGE_DECODINGS, decode_faces
 from .errors import CheckpointError
 
 
@@ -30,6 +32,35 @@ def faces_to_batch(faces_bgr):
     return batch.transpose(0, 3, 1, 2).astype(np.float32)
 
 
+def read_inference_defaults(path, values):
+    """Check the test-time settings ``values`` (a dict from ``path``) and complete them from the config."""
+    defaults = dict(config.INFERENCE_DEFAULTS)
+    unknown = sorted(set(values) - set(defaults) - {"chosen_on"})
+    if unknown:
+        raise CheckpointError(f"{path}: unknown inference settings {', '.join(unknown)}")
+    defaults.update({k: v for k, v in values.items() if k in defaults})
+    if defaults["age_decoding"] not in AGE_DECODINGS or not isinstance(defaults["flip"], bool):
+        raise CheckpointError(f"{path}: age_decoding must be one of {', '.join(AGE_DECODINGS)} and flip "
+                              f"true or false, not {defaults['age_decoding']!r} / {defaults['flip']!r}")
+    return defaults
+
+
+def inference_defaults(prefix):
+    """The test-time settings shipped with checkpoint ``prefix`` (``<prefix>-inference.json``), else the config's."""
+    import json
+    path = prefix + config.INFERENCE_SUFFIX
+    if not os.path.isfile(path):
+        return dict(config.INFERENCE_DEFAULTS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return read_inference_defaults(path, values)
+
+
 class AgeGenderModel:
     """An age/gender network ready for inference.
 
@@ -37,21 +68,32 @@ class AgeGenderModel:
     (202 values per face) and bound once per batch size. ``backend="onnx"``: ``model`` is an ONNX file
     written by ``export.py`` (``ctx`` is ignored). Larger inputs are split into chunks of ``max_batch`` faces.
     ``flip=True`` averages each face's ``fc1`` with that of its mirror image (test-time augmentation: twice
-    the network time, a better estimate; off by default, which gives the original's numbers).
+    the network time, a better estimate); ``age_decoding`` picks how ``age`` is read from the classifiers
+    (:func:`agegender.decode.decode_age_as`). ``None`` for either takes the model's own setting: its
+    ``<prefix>-inference.json`` sidecar (or the ONNX file's metadata), else the original's (votes, no flip).
     """
 
     def __init__(self, model=config.DEFAULT_MODEL, ctx=None, image_size=config.IMAGE_SIZE, max_batch=64,
-                 backend="mxnet", flip=False):
+                 backend="mxnet", flip=None, age_decoding=None):
         self.backend = check_backend(backend)
-        self.flip = flip
         self.image_size = tuple(image_size)
         self.max_batch = max_batch
         if backend == "onnx":
             self.runner = OnnxRunner(model)
             self._check_onnx(model)
+            meta = self.runner.metadata
+            stored = {k: meta[k] for k in ("age_decoding", "flip") if k in meta}
+            if "flip" in stored:
+                stored["flip"] = stored["flip"] == "true"
+            defaults = read_inference_defaults(model, stored)
         else:
             self.prefix, self.epoch = parse_model_spec(model)
             self.runner = self._load_mxnet(ctx)
+            defaults = inference_defaults(self.prefix)
+        self.flip = defaults["flip"] if flip is None else bool(flip)
+        self.age_decoding = defaults["age_decoding"] if age_decoding is None else age_decoding
+        if self.age_decoding not in AGE_DECODINGS:
+            raise ValueError(f"unknown age decoding '{self.age_decoding}'; choose one of {', '.join(AGE_DECODINGS)}")
 
     def _load_mxnet(self, ctx):
         from .checkpoint import check_params_match, load_checkpoint
@@ -96,4 +138,4 @@ class AgeGenderModel:
         fc1 = self.forward(batch)
         if self.flip:
             fc1 = (fc1 + self.forward(batch[..., ::-1])) / 2
-        return decode_faces(fc1), fc1
+        return decode_faces(fc1, self.age_decoding), fc1

@@ -376,6 +376,10 @@ def export_agegender(model, out_path, image_size=config.IMAGE_SIZE):
     if config.OUTPUT_LAYER not in sym.get_internals().list_outputs():
         raise CheckpointError(f"{prefix}-symbol.json: has no '{config.OUTPUT_LAYER}' layer, not an age/gender network")
     sym = sym.get_internals()[config.OUTPUT_LAYER]
+    from .model import inference_defaults
+    defaults = inference_defaults(prefix)
+    metadata = {"kind": "agegender", "source": model, "age_decoding": defaults["age_decoding"],
+                "flip": "true" if defaults["flip"] else "false"}
     onnx_model = symbol_to_onnx(sym, arg_params, aux_params, (1, 3) + tuple(image_size), dynamic_axes=(0,),
-                                metadata={"kind": "agegender", "source": model}, graph_name="agegender")
+                                metadata=metadata, graph_name="agegender")
     return save_model(onnx_model, out_path)

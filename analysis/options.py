@@ -5,13 +5,16 @@
     check_analyzer_options(parser, args)      # usage errors (exit 2); parses --image-size
     analyzer = analyzer_from_args(args)
 """
+import argparse
+
 from agegender import config
+from agegender.decode import AGE_DECODINGS
 
 from .detectors import DETECTORS, describe_detectors
 
 
 def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x112 faces"):
-    """Add --backend, --model, --gpu, --det, --<detector>-model, --image-size, --aligned, --flip, --threshold,
+    """Add --backend, --model, --gpu, --det, --<detector>-model, --image-size, --aligned, --flip, --age-decoding, --threshold,
     --min-face and --batch-size to ``parser``."""
     parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
                         help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
@@ -26,8 +29,12 @@ def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x11
     for entry in DETECTORS.values():
         parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
     parser.add_argument("--aligned", action="store_true", help=aligned_help)
-    parser.add_argument("--flip", action="store_true",
-                        help="average each face's estimate with its mirror image's (twice the network time)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each face's estimate with its mirror image's (twice the network time; "
+                             "default: the model's own setting)")
+    parser.add_argument("--age-decoding", choices=AGE_DECODINGS, default=None,
+                        help="how 'age' is read from the 100 classifiers: votes (the original's), expected "
+                             "value, or their mean (default: the model's own setting)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="detector score threshold (MTCNN last stage, ESSH score)")
     parser.add_argument("--min-face", type=int, default=None,
@@ -54,4 +61,5 @@ def analyzer_from_args(args):
     return FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
                         det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
                         threshold=args.threshold, min_face=args.min_face, image_size=args.image_size,
-                        batch_size=args.batch_size, backend=args.backend, flip=args.flip)
+                        batch_size=args.batch_size, backend=args.backend, flip=args.flip,
+                        age_decoding=args.age_decoding)

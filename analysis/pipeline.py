@@ -31,18 +31,19 @@ class FaceAnalyzer:
     ``models/onnx``). ``det`` is a :data:`analysis.detectors.DETECTORS` number (0 = MTCNN, 1 = ESSH) or
     ``None`` for aligned faces only; ``det_model``, ``threshold`` and ``min_face`` go to that detector
     (None: its defaults). ``gpu`` < 0 forces the CPU (a GPU is used only on MXNet, when it sees one);
-    ``flip=True`` averages each face with its mirror image.
+    ``flip=True`` averages each face with its mirror image; ``age_decoding`` picks how ``age`` is read (see
+    :class:`agegender.model.AgeGenderModel`; None for either: the model's own setting).
     """
 
     def __init__(self, model=None, det=0, gpu=-1, det_model=None, threshold=None, min_face=None,
-                 image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet", flip=False):
+                 image_size=config.IMAGE_SIZE, batch_size=64, backend="mxnet", flip=None, age_decoding=None):
         self.backend = check_backend(backend)
         self.ctx = get_context(gpu) if backend == "mxnet" else None
         self.image_size = tuple(image_size)
         if model is None:
             model = config.ONNX_DEFAULT_MODEL if backend == "onnx" else config.DEFAULT_MODEL
         self.model = AgeGenderModel(model, ctx=self.ctx, image_size=self.image_size, max_batch=batch_size,
-                                    backend=backend, flip=flip)
+                                    backend=backend, flip=flip, age_decoding=age_decoding)
         self.detector_name = "aligned" if det is None else detector_entry(det).package
         self.finder = None if det is None else FaceFinder(det, det_model, backend, self.ctx, threshold, min_face,
                                                           image_size=self.image_size)
