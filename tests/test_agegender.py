@@ -138,3 +138,33 @@ def test_flip_averages_face_and_mirror(original_model, reference_dir):
     _, mirror = plain.predict([face[:, ::-1].copy()])
     np.testing.assert_allclose(both, (one + mirror) / 2, atol=1e-5)
     assert np.abs(both - one).max() > 1e-3          # the mirror really changes the estimate
+
+
+def test_model_sidecar_sets_decoding_and_flip(original_model, reference_dir, tmp_path):
+    """A checkpoint's <prefix>-inference.json gives its test-time defaults; arguments override them; the
+    ONNX export carries them; a checkpoint without one keeps the original's (votes, no flip)."""
+    from agegender.decode import decode_age_as
+    from agegender.onnx_export import export_agegender
+    prefix, epoch = parse_model_spec(original_model)
+    for suffix in ("-symbol.json", f"-{epoch:04d}.params"):
+        shutil.copy(prefix + suffix, str(tmp_path / "model") + suffix)
+    spec = f"{tmp_path / 'model'},{epoch}"
+    face = cv2.imread(os.path.join(reference_dir, "test1_face0_aligned112.png"))
+    plain = AgeGenderModel(spec)
+    assert (plain.age_decoding, plain.flip) == ("votes", False)
+    (tmp_path / "model-inference.json").write_text(json.dumps({"age_decoding": "expected", "flip": True}))
+    shipped = AgeGenderModel(spec)
+    assert (shipped.age_decoding, shipped.flip) == ("expected", True)
+    faces, fc1 = shipped.predict([face])
+    _, one = plain.predict([face])
+    _, mirror = plain.predict([face[:, ::-1].copy()])
+    np.testing.assert_allclose(fc1, (one + mirror) / 2, atol=1e-5)
+    assert faces[0]["age"] == int(decode_age_as(fc1, "expected")[0]) == int(np.rint(decode_age_expected(fc1))[0])
+    overridden = AgeGenderModel(spec, flip=False, age_decoding="mean")
+    assert (overridden.age_decoding, overridden.flip) == ("mean", False)
+    onnx_path = export_agegender(spec, str(tmp_path / "model.onnx"))
+    exported = AgeGenderModel(onnx_path, backend="onnx")
+    assert (exported.age_decoding, exported.flip) == ("expected", True)
+    (tmp_path / "model-inference.json").write_text(json.dumps({"age_decoding": "median"}))
+    with pytest.raises(CheckpointError, match="model-inference.json: age_decoding must be one of"):
+        AgeGenderModel(spec)
