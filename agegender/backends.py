@@ -31,11 +31,15 @@ class MXNetRunner:
 
     The cache keeps the ``max_executors`` most recently used shapes, and, with ``max_cached_values``,
     drops the least recently used until the cached inputs hold at most that many values (one always stays).
+    With ``shared_shape``, one executor is bound for that input shape and every input no larger than it
+    gets a reshaped executor sharing its memory (MXNet's ``Executor.reshape``), so that many shapes cost
+    the memory of one; larger inputs bind their own.
     """
 
     fixed_shapes = True
 
-    def __init__(self, symbol, params, ctx=None, input_name="data", max_executors=None, max_cached_values=None):
+    def __init__(self, symbol, params, ctx=None, input_name="data", max_executors=None, max_cached_values=None,
+                 shared_shape=None):
         import mxnet as mx
         self.symbol = symbol
         self.ctx = ctx or mx.cpu()
@@ -45,6 +49,14 @@ class MXNetRunner:
         self.max_executors = max_executors
         self.max_cached_values = max_cached_values
         self._executors = OrderedDict()
+        self._shared = self._bind(tuple(shared_shape)) if shared_shape else None
+
+    def _bind(self, shape):
+        import mxnet as mx
+        args = {n: (mx.nd.zeros(shape, self.ctx) if n == self.input_name else self.params[n])
+                for n in self.symbol.list_arguments()}
+        aux = {n: self.params[n] for n in self.symbol.list_auxiliary_states()}
+        return self.symbol.bind(self.ctx, args, grad_req="null", aux_states=aux)
 
     def _executor(self, shape):
         import mxnet as mx
@@ -52,10 +64,13 @@ class MXNetRunner:
         if exe is not None:
             self._executors.move_to_end(shape)
             return exe
-        args = {n: (mx.nd.zeros(shape, self.ctx) if n == self.input_name else self.params[n])
-                for n in self.symbol.list_arguments()}
-        aux = {n: self.params[n] for n in self.symbol.list_auxiliary_states()}
-        exe = self.symbol.bind(self.ctx, args, grad_req="null", aux_states=aux)
+        exe = None
+        if self._shared is not None and int(np.prod(shape)) <= self._shared.arg_dict[self.input_name].size:
+            try:
+                exe = self._shared.reshape(allow_up_sizing=False, **{self.input_name: shape})
+            except mx.base.MXNetError:   # some internal array would outgrow the shared one
+                exe = None
+        exe = exe or self._bind(shape)
         self._executors[shape] = exe
         while len(self._executors) > 1 and (
                 (self.max_executors is not None and len(self._executors) > self.max_executors)

@@ -24,7 +24,8 @@ _ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softrelu"
 _BINARY = {"elemwise_add": "Add", "broadcast_add": "Add", "_Plus": "Add", "_plus": "Add", "_add": "Add",
            "elemwise_sub": "Sub", "broadcast_sub": "Sub", "_minus": "Sub", "_sub": "Sub", "_Minus": "Sub",
            "elemwise_mul": "Mul", "broadcast_mul": "Mul", "_mul": "Mul", "_Mul": "Mul",
-           "elemwise_div": "Div", "broadcast_div": "Div", "_div": "Div", "_Div": "Div"}
+           "elemwise_div": "Div", "broadcast_div": "Div", "_div": "Div", "_Div": "Div",
+           "_maximum": "Max", "broadcast_maximum": "Max", "_minimum": "Min", "broadcast_minimum": "Min"}
 # scalar ops: (ONNX op, scalar is the first operand)
 _SCALAR = {"_plus_scalar": ("Add", False), "_minus_scalar": ("Sub", False), "_rminus_scalar": ("Sub", True),
            "_mul_scalar": ("Mul", False), "_div_scalar": ("Div", False), "_rdiv_scalar": ("Div", True)}

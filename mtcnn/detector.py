@@ -1,8 +1,11 @@
 """The MTCNN cascade (SPEC §6.4): PNet on an image pyramid, RNet and ONet on crops, LNet landmark refinement.
 
 Numerically it follows the original ``MtcnnDetector.detect_face`` (same rounding, crop dtypes, NMS
-order and in-place clipping of boxes), but binds every network once per input shape and runs the
-RNet/ONet/LNet crops as batches. The networks run on MXNet or, from files written by ``export.py``, on
+order and in-place clipping of boxes) with less waste: P-, R- and ONet run in an exact "fast form"
+(:func:`fast_network`: PReLU as fused convolutions, softmax on the candidates only), all pyramid levels
+of an image share one canvas cut into a few strips of bounded size (:class:`PNetCanvas`: few forwards,
+bounded memory, few executor shapes), crops of equal size are resized together and the crops run as
+batches. The networks run on MXNet or, from files written by ``export.py``, on
 onnxruntime (:mod:`agegender.backends`); the onnx backend never imports MXNet.
 """
 import math
@@ -16,19 +19,26 @@ from agegender.backends import MXNetRunner, OnnxRunner, check_backend
 from agegender.checkpoint import checkpoint_paths
 from agegender.errors import CheckpointError
 from agegender.image import as_bgr_uint8
+from agegender.profiling import NO_TIMER
 
 EPOCH = 1
 CELL_SIZE = 12
 PNET_STRIDE = 2
 LNET_OUTLIER = 0.35
-# RNet/ONet/LNet batches are padded up to a power of two (at most MAX_BATCH) so few executors are bound.
-MAX_BATCH = 256
-# MKL-DNN pools 10- or 28-channel maps several times slower than 16- or 32-channel ones, so the first
-# conv of these networks runs with extra all-zero filters (see widen_first_conv).
-WIDE_CONV1_FILTERS = {"det1": 16, "det2": 32, "det4": 32}
-# PNet executors are cached per pyramid level shape; beyond this many input values (3 per pixel) the
-# least recently used go. 36M holds the whole pyramid of a 5334x2767 image (about 1.5 GB).
-PNET_CACHE_VALUES = 36_000_000
+# RNet/ONet/LNet batches are padded up to a power of two (at most MAX_BATCH[name]) so few executors are bound.
+MAX_BATCH = {"det2": 256, "det3": 128, "det4": 128}
+# MKL-DNN pools 28-channel maps several times slower than 32-channel ones, so LNet's first convs run with
+# extra all-zero filters (see widen_first_conv).
+WIDE_CONV1_FILTERS = {"det4": 32}
+# PNet input pixels per forward: larger pyramid levels are cut into strips, see pnet_strips (bounded memory;
+# strips of ~100k pixels also run faster per pixel than whole levels, their maps staying in cache).
+PNET_STRIP_PIXELS = 131_072
+PNET_MIN_STRIP = 32
+# PNet executors kept (MXNet): they share one strip's memory, so each costs little.
+PNET_EXECUTORS = 64
+# Form of the exported ONNX files this detector runs (metadata "mtcnn.form", written by mtcnn.export).
+ONNX_FORM = "fast-1"
+ONNX_FORM_KEY = "mtcnn.form"
 
 
 def read_network(model_dir, name):
@@ -88,27 +98,77 @@ def _zero_pad(array, axis, size):
     return np.pad(array, widths)
 
 
+def fast_network(network, arg_params):
+    """``(symbol, params as float32 NumPy)`` of the fast form of det1..det3 (see mtcnn.symbols).
+
+    Each conv/FC + PReLU with weights W, bias b, slopes g becomes a layer [W; -W], [b; -b] with ReLU and
+    a mix [I, -diag(g)], padded with zero filters to the widths of ``symbols.fast_widths``.
+    """
+    from .symbols import HEADS, LAYERS, PRELU_NAMES, fast_symbol, fast_widths
+    source = {k: (v.asnumpy() if hasattr(v, "asnumpy") else np.asarray(v)).astype(np.float32)
+              for k, v in arg_params.items()}
+    params = {}
+    widths, outputs = fast_widths(network)
+    widths = iter(widths)
+    channels_in = 3
+    for kind, name, units, _ in LAYERS[network]:
+        if kind == "pool":
+            continue
+        layer = f"conv{name}" if kind == "conv" else name
+        prelu = f"prelu{name}" if kind == "conv" else PRELU_NAMES[name]
+        weight, bias, slope = source[f"{layer}_weight"], source[f"{layer}_bias"], source[f"{prelu}_gamma"]
+        filters, channels_out = next(widths)
+        if kind == "conv":
+            weight = _zero_pad(weight, 1, channels_in)
+        params[f"{layer}_pn_weight"] = _zero_pad(np.concatenate([weight, -weight]), 0, filters)
+        params[f"{layer}_pn_bias"] = _zero_pad(np.concatenate([bias, -bias]), 0, filters)
+        mix = np.concatenate([np.eye(units, dtype=np.float32), -np.diag(slope)], axis=1)
+        mix = _zero_pad(_zero_pad(mix, 1, filters), 0, channels_out)
+        params[f"{layer}_mix_weight"] = mix.reshape(mix.shape + (1, 1)) if kind == "conv" else mix
+        channels_in = channels_out
+    head_weights = np.concatenate([source[f"{head}_weight"] for head, _ in HEADS[network]])
+    if network == "det1":
+        head_weights = _zero_pad(head_weights, 1, channels_in)
+    params["heads_weight"] = _zero_pad(head_weights, 0, outputs)
+    params["heads_bias"] = _zero_pad(np.concatenate([source[f"{head}_bias"] for head, _ in HEADS[network]]), 0, outputs)
+    return fast_symbol(network), params
+
+
+def load_fast_network(model_dir, name):
+    """:func:`read_network` (checked against the original layers), then :func:`fast_network`."""
+    return fast_network(name, read_network(model_dir, name)[1])
+
+
+def face_probability(logits):
+    """Softmax probability of class 1 from (N, 2, ...) logits, float32 as the networks' softmax."""
+    logits = logits.astype(np.float32, copy=False)
+    top = np.maximum(logits[:, 0], logits[:, 1])
+    background, face = np.exp(logits[:, 0] - top), np.exp(logits[:, 1] - top)
+    return face / (background + face)
+
+
 class CascadeNetwork:
     """One cascade stage's network on a runner of :mod:`agegender.backends`."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, max_batch=256):
         self.runner = runner
+        self.max_batch = max_batch
 
     def run(self, batch):
         """Forward one float32 batch; returns the outputs as NumPy arrays."""
         return self.runner.run(batch)
 
     def run_batched(self, batch):
-        """Forward N samples in chunks of at most MAX_BATCH.
+        """Forward N samples in chunks of at most ``max_batch``.
 
         On a runner that binds per shape (MXNet) each chunk is padded to a power-of-two batch size, so
         few executors are bound.
         """
         results = []
-        for start in range(0, batch.shape[0], MAX_BATCH):
-            chunk = batch[start:start + MAX_BATCH]
+        for start in range(0, batch.shape[0], self.max_batch):
+            chunk = batch[start:start + self.max_batch]
             n = chunk.shape[0]
-            size = min(MAX_BATCH, 1 << (n - 1).bit_length()) if self.runner.fixed_shapes else n
+            size = min(self.max_batch, 1 << (n - 1).bit_length()) if self.runner.fixed_shapes else n
             if size != n:
                 chunk = np.concatenate([chunk, np.zeros((size - n,) + chunk.shape[1:], np.float32)])
             results.append([out[:n] for out in self.run(chunk)])
@@ -250,18 +310,40 @@ def pyramid_scales(height, width, min_face, factor):
     return scales
 
 
-def pnet_boxes(prob, regression, scale, threshold):
-    """Candidate rows ``[x1, y1, x2, y2, score, dx1, dy1, dx2, dy2]`` from one PNet output map."""
-    ys, xs = np.nonzero(prob > threshold)
+def pnet_boxes(ys, xs, scores, regression, scale):
+    """Candidate rows ``[x1, y1, x2, y2, score, dx1, dy1, dx2, dy2]`` from PNet output cells (ys, xs) of one level."""
     rows = np.empty((ys.size, 9))
     rows[:, 0] = np.round((PNET_STRIDE * xs + 1) / scale)
     rows[:, 1] = np.round((PNET_STRIDE * ys + 1) / scale)
     # +1+12: one pixel wider than the 12-px cell, as the original computes it (SPEC §11.6).
     rows[:, 2] = np.round((PNET_STRIDE * xs + 1 + CELL_SIZE) / scale)
     rows[:, 3] = np.round((PNET_STRIDE * ys + 1 + CELL_SIZE) / scale)
-    rows[:, 4] = prob[ys, xs]
-    rows[:, 5:9] = regression[:, ys, xs].T
+    rows[:, 4] = scores
+    rows[:, 5:9] = regression
     return rows
+
+
+def pnet_output_size(size):
+    """PNet's output cells along an input side of ``size`` pixels (conv 3, pool 2 'full', conv 3, conv 3)."""
+    return -(-(size - 2) // 2) - 4
+
+
+def pnet_strips(height, width, max_pixels=None):
+    """Row ranges ``(start, stop)`` of a pyramid level for PNet forwards of at most ``max_pixels`` pixels.
+
+    PNet is fully convolutional with stride 2 and a 12-px window: strips starting at even rows and
+    overlapping by 10 rows give every output cell exactly once, each computed whole in one strip (inner
+    strips have an even height, so no pooling window is cut; the last one ends at the level's own edge).
+    """
+    max_pixels = PNET_STRIP_PIXELS if max_pixels is None else max_pixels
+    rows = max(PNET_MIN_STRIP, (max_pixels // max(width, 1)) // 2 * 2)
+    if height <= rows:
+        return [(0, height)]
+    strips, start = [], 0
+    while start + rows < height:
+        strips.append((start, start + rows))
+        start += rows - 10
+    return strips + [(start, height)]
 
 
 class MtcnnDetector:
@@ -297,6 +379,7 @@ class MtcnnDetector:
         has_lnet = os.path.exists(self._network_file(model_dir, "det4"))
         self.lnet = self._load(model_dir, "det4") if has_lnet else None
         self.accurate_landmark = bool(accurate_landmark and self.lnet is not None)
+        self.timer = NO_TIMER   # a profiling.StageTimer collects per-stage times (bench/)
 
     def _network_file(self, model_dir, name):
         """The file whose presence says that network ``name`` is available on this backend."""
@@ -305,10 +388,26 @@ class MtcnnDetector:
         return checkpoint_paths(os.path.join(model_dir, name), EPOCH)[1]
 
     def _load(self, model_dir, name):
+        max_batch = MAX_BATCH.get(name, 256)
         if self.backend == "onnx":
-            return CascadeNetwork(OnnxRunner(onnx_path(model_dir, name)))
-        cache = PNET_CACHE_VALUES if name == "det1" else None
-        return CascadeNetwork(MXNetRunner(*load_network(model_dir, name), self.ctx, max_cached_values=cache))
+            runner = OnnxRunner(onnx_path(model_dir, name))
+            if name != "det4" and runner.metadata.get(ONNX_FORM_KEY) != ONNX_FORM:
+                raise CheckpointError(f"{runner.path}: exported by an older version of this project; export it "
+                                      f"again (python export.py --defaults, or --mtcnn-model DIR --out-dir DIR)")
+            return CascadeNetwork(runner, max_batch)
+        if name == "det4":
+            return CascadeNetwork(MXNetRunner(*load_network(model_dir, name), self.ctx), max_batch)
+        symbol, params = load_fast_network(model_dir, name)
+        import mxnet as mx
+        params = {k: mx.nd.array(v) for k, v in params.items()}
+        if name == "det1":
+            # One executor's memory, sized for a full strip, shared by the executors of every level shape.
+            side = int(math.ceil(math.sqrt(PNET_STRIP_PIXELS)))
+            runner = MXNetRunner(symbol, params, self.ctx, max_executors=PNET_EXECUTORS,
+                                 shared_shape=(1, 3, side + 2, side + 2))
+        else:
+            runner = MXNetRunner(symbol, params, self.ctx)
+        return CascadeNetwork(runner, max_batch)
 
     def detect(self, image):
         """Detect faces in a BGR image; returns ``(boxes (N,5) float64, landmarks (N,5,2) float64)``.
@@ -324,7 +423,8 @@ class MtcnnDetector:
             return np.zeros((0, 5)), np.zeros((0, 5, 2))
         boxes, points = self._stage_onet(image, boxes)
         if len(boxes) and self.accurate_landmark:
-            points = self._stage_lnet(image, boxes, points)
+            with self.timer("landmarks (LNet)"):
+                points = self._stage_lnet(image, boxes, points)
         landmarks = np.stack([points[:, 0:5], points[:, 5:10]], axis=2).astype(np.float64)
         return boxes[:, 0:5].astype(np.float64), landmarks
 
@@ -332,43 +432,66 @@ class MtcnnDetector:
         height, width = image.shape[:2]
         per_scale = []
         for scale in pyramid_scales(height, width, self.min_face, self.factor):
-            scaled = cv2.resize(image, (int(math.ceil(width * scale)), int(math.ceil(height * scale))),
-                                interpolation=cv2.INTER_LINEAR)
-            regression, prob = self.pnet.run(normalise(scaled[np.newaxis]))
-            rows = pnet_boxes(prob[0, 1], regression[0], scale, self.thresholds[0])
-            if len(rows):
-                per_scale.append(rows[nms(rows, 0.5)])
+            with self.timer("pyramid resize"):
+                level = cv2.resize(image, (int(math.ceil(width * scale)), int(math.ceil(height * scale))),
+                                   interpolation=cv2.INTER_LINEAR)
+            found = []
+            for start, stop in pnet_strips(*level.shape[:2]):
+                with self.timer("pyramid resize"):
+                    tensor = normalise(level[np.newaxis, start:stop])
+                with self.timer("PNet forward"):
+                    output, = self.pnet.run(tensor)
+                with self.timer("PNet boxes + NMS"):
+                    prob = face_probability(output[:, 0:2])[0]
+                    ys, xs = np.nonzero(prob > self.thresholds[0])
+                    found.append((ys + start // 2, xs, prob[ys, xs], output[0, 2:6][:, ys, xs].T))
+            with self.timer("PNet boxes + NMS"):
+                ys, xs, scores, regression = (np.concatenate(parts) for parts in zip(*found))
+                if len(ys):
+                    rows = pnet_boxes(ys, xs, scores, regression, scale)
+                    per_scale.append(rows[nms(rows, 0.5)])
         if not per_scale:
             return np.zeros((0, 9))
-        boxes = np.concatenate(per_scale)
-        boxes = boxes[nms(boxes, 0.7)]
-        return square(refine(boxes[:, 0:5], boxes[:, 5:9]))
+        with self.timer("PNet boxes + NMS"):
+            boxes = np.concatenate(per_scale)
+            boxes = boxes[nms(boxes, 0.7)]
+            return square(refine(boxes[:, 0:5], boxes[:, 5:9]))
 
     def _stage_rnet(self, image, boxes):
-        crops = crop_resized(image, boxes, 24, np.uint8)
-        clip_to_image(boxes, image.shape[1], image.shape[0])
-        regression, prob = self.rnet.run_batched(normalise(crops))
-        passed = prob[:, 1] > self.thresholds[1]
-        boxes, regression = boxes[passed], regression[passed]
-        boxes[:, 4] = prob[passed, 1]
-        keep = nms(boxes, 0.7)
-        return square(refine(boxes[keep], regression[keep]))
+        with self.timer("RNet crops"):
+            crops = crop_resized(image, boxes, 24, np.uint8)
+            clip_to_image(boxes, image.shape[1], image.shape[0])
+            batch = normalise(crops)
+        with self.timer("RNet forward"):
+            output, = self.rnet.run_batched(batch)
+        with self.timer("RNet boxes + NMS"):
+            prob = face_probability(output[:, 0:2])
+            passed = prob > self.thresholds[1]
+            boxes, regression = boxes[passed], output[passed, 2:6]
+            boxes[:, 4] = prob[passed]
+            keep = nms(boxes, 0.7)
+            return square(refine(boxes[keep], regression[keep]))
 
     def _stage_onet(self, image, boxes):
-        crops = crop_resized(image, boxes, 48, np.float32)
-        clip_to_image(boxes, image.shape[1], image.shape[0])
-        landmarks, regression, prob = self.onet.run_batched(normalise(crops))
-        passed = prob[:, 1] > self.thresholds[2]
-        boxes, regression, points = boxes[passed], regression[passed], landmarks[passed]
-        boxes[:, 4] = prob[passed, 1]
-        width = (boxes[:, 2] - boxes[:, 0] + 1)[:, np.newaxis]
-        height = (boxes[:, 3] - boxes[:, 1] + 1)[:, np.newaxis]
-        # Stored back into ONet's float32 array, as the original does.
-        points[:, 0:5] = boxes[:, 0:1] + width * points[:, 0:5]
-        points[:, 5:10] = boxes[:, 1:2] + height * points[:, 5:10]
-        boxes = refine(boxes, regression)
-        keep = nms(boxes, 0.7, mode="min")
-        return boxes[keep], points[keep]
+        with self.timer("ONet crops"):
+            crops = crop_resized(image, boxes, 48, np.float32)
+            clip_to_image(boxes, image.shape[1], image.shape[0])
+            batch = normalise(crops)
+        with self.timer("ONet forward"):
+            output, = self.onet.run_batched(batch)
+        with self.timer("ONet boxes + NMS"):
+            prob = face_probability(output[:, 0:2])
+            passed = prob > self.thresholds[2]
+            boxes, regression, points = boxes[passed], output[passed, 2:6], output[passed, 6:16]
+            boxes[:, 4] = prob[passed]
+            width = (boxes[:, 2] - boxes[:, 0] + 1)[:, np.newaxis]
+            height = (boxes[:, 3] - boxes[:, 1] + 1)[:, np.newaxis]
+            # Stored back into ONet's float32 array, as the original does.
+            points[:, 0:5] = boxes[:, 0:1] + width * points[:, 0:5]
+            points[:, 5:10] = boxes[:, 1:2] + height * points[:, 5:10]
+            boxes = refine(boxes, regression)
+            keep = nms(boxes, 0.7, mode="min")
+            return boxes[keep], points[keep]
 
     def _stage_lnet(self, image, boxes, points):
         side = np.maximum(boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1)

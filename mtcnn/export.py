@@ -1,10 +1,14 @@
-"""MTCNN networks -> ONNX files (``detN.onnx``) for the onnxruntime backend."""
+"""MTCNN networks -> ONNX files (``detN.onnx``) for the onnxruntime backend.
+
+P-, R- and ONet are written in the detector's fast form (:func:`mtcnn.detector.fast_network`, metadata
+``mtcnn.form``); LNet in its original layers.
+"""
 import os
 
 from agegender.checkpoint import checkpoint_paths
 from agegender.onnx_export import save_model, symbol_to_onnx
 
-from .detector import EPOCH, onnx_path, read_network
+from .detector import EPOCH, ONNX_FORM, ONNX_FORM_KEY, load_fast_network, onnx_path, read_network
 from .symbols import NETWORKS
 
 
@@ -17,9 +21,14 @@ def export_mtcnn(model_dir, out_dir):
     for name, (_, input_shape) in NETWORKS.items():
         if name == "det4" and not os.path.exists(checkpoint_paths(os.path.join(model_dir, name), EPOCH)[1]):
             continue
-        symbol, arg_params = read_network(model_dir, name)
+        metadata = {"kind": f"mtcnn-{name}", "source": model_dir}
+        if name == "det4":
+            symbol, arg_params = read_network(model_dir, name)
+        else:
+            symbol, arg_params = load_fast_network(model_dir, name)
+            metadata[ONNX_FORM_KEY] = ONNX_FORM
         dynamic = (0, 2, 3) if name == "det1" else (0,)
         onnx_model = symbol_to_onnx(symbol, arg_params, {}, input_shape, dynamic_axes=dynamic,
-                                    metadata={"kind": f"mtcnn-{name}", "source": model_dir}, graph_name=name)
+                                    metadata=metadata, graph_name=name)
         written.append(save_model(onnx_model, onnx_path(out_dir, name)))
     return written

@@ -12,7 +12,8 @@ from agegender.align import align_face
 from agegender.errors import CheckpointError, ImageError
 from agegender.model import AgeGenderModel
 from mtcnn import MtcnnDetector
-from mtcnn.detector import nms
+from mtcnn.detector import nms, normalise
+from mtcnn.symbols import HEADS
 from tests.golden import assert_estimates_match, load_reference
 
 SMALL_IMAGES = ["test1.jpg", "test2.jpg", "test.jpg", "Tom_Hanks_54745.png"]
@@ -243,3 +244,53 @@ def test_converted_weights_find_reference_faces(converted_detector, sample_image
 def test_converted_weights_find_reference_faces_in_crowds(converted_detector, sample_images_dir, reference_dir,
                                                           image_name):
     _check_converted_finds_reference_faces(converted_detector, sample_images_dir, reference_dir, image_name)
+
+
+# The fast forms and PNet strips (issue 14): the same numbers as the original layers.
+
+@pytest.mark.parametrize("network, shape", [("det1", (1, 3, 67, 91)), ("det2", (5, 3, 24, 24)), ("det3", (3, 3, 48, 48))])
+def test_fast_form_computes_the_original_network(original_mtcnn_dir, sample_images_dir, network, shape):
+    from agegender.backends import MXNetRunner
+    from mtcnn.detector import face_probability, load_fast_network, read_network
+    image = cv2.imread(os.path.join(sample_images_dir, "test1.jpg"))
+    crops = np.stack([cv2.resize(image[i * 90:i * 90 + 300, i * 150:i * 150 + 300], shape[2:][::-1])
+                      for i in range(shape[0])])
+    batch = normalise(crops)
+    original = MXNetRunner(*read_network(original_mtcnn_dir, network)).run(batch)
+    symbol, params = load_fast_network(original_mtcnn_dir, network)
+    fast, = MXNetRunner(symbol, {k: mx.nd.array(v) for k, v in params.items()}).run(batch)
+    prob, regression = original[-1][:, 1], original[-2]
+    np.testing.assert_allclose(face_probability(fast[:, 0:2]), prob, atol=1e-6)
+    np.testing.assert_allclose(fast[:, 2:6], regression, atol=1e-5)
+    if network == "det3":
+        np.testing.assert_allclose(fast[:, 6:16], original[0], atol=1e-5)
+    assert np.all(fast[:, sum(n for _, n in HEADS[network]):] == 0)
+
+
+@pytest.mark.parametrize("height, width", [(131, 97), (130, 96), (200, 41)])
+def test_pnet_strips_give_the_whole_level_output(original_mtcnn_dir, sample_images_dir, height, width):
+    from mtcnn.detector import pnet_output_size, pnet_strips
+    detector = MtcnnDetector(model_dir=original_mtcnn_dir)
+    image = cv2.resize(cv2.imread(os.path.join(sample_images_dir, "test1.jpg")), (width, height))
+    whole, = detector.pnet.run(normalise(image[np.newaxis]))
+    assert whole.shape[2:] == (pnet_output_size(height), pnet_output_size(width))
+    strips = pnet_strips(height, width, max_pixels=40 * width)
+    assert len(strips) > 2 and all(start % 2 == 0 for start, _ in strips)
+    parts = []
+    for start, stop in strips:
+        out, = detector.pnet.run(normalise(image[np.newaxis, start:stop]))
+        parts.append(out)
+    np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)
+
+
+def test_shared_memory_executors_match_fresh_ones(original_mtcnn_dir, sample_images_dir):
+    from agegender.backends import MXNetRunner
+    from mtcnn.detector import load_fast_network
+    symbol, params = load_fast_network(original_mtcnn_dir, "det1")
+    params = {k: mx.nd.array(v) for k, v in params.items()}
+    shared = MXNetRunner(symbol, params, shared_shape=(1, 3, 120, 120))
+    fresh = MXNetRunner(symbol, params)
+    image = cv2.imread(os.path.join(sample_images_dir, "test2.jpg"))
+    for height, width in ((100, 90), (37, 300), (120, 120), (150, 130)):   # the last binds its own
+        batch = normalise(cv2.resize(image, (width, height))[np.newaxis])
+        np.testing.assert_array_equal(shared.run(batch)[0], fresh.run(batch)[0])
