@@ -10,15 +10,17 @@
 """
 import argparse
 import os
+import signal
 import sys
 
 from agegender import config
-from agegender.errors import AgeGenderError
+from agegender.errors import AgeGenderError, UsageError, UsageParser
+from agegender.files import ensure_standard_streams, mute_stdout
 from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = UsageParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns or videos")
     parser.add_argument("--image", nargs="+", default=[], help="input image(s); same as positional inputs")
     add_analyzer_options(parser)
@@ -43,6 +45,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
+    """The options of ``argv``, checked (usage errors exit 2); returns ``(args, parser)``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.inputs = list(args.inputs) + list(args.image)
@@ -68,18 +71,48 @@ def parse_args(argv=None):
         if count < 1 or not 0 <= index < count:
             parser.error(f"--shard {args.shard}: needs N >= 1 and 0 <= K < N")
         args.shard = (index, count)
-    return args
+    return args, parser
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    ensure_standard_streams()
+    from analysis.runner import Interrupted, StopSignals, exit_status_for
+    with StopSignals() as signals:
+        try:
+            return _main(argv, signals)
+        except Interrupted as exc:      # a second signal before the run started (loading the models)
+            print(f"error: interrupted by {signal.Signals(exc.signum).name}; nothing was written", file=sys.stderr)
+            return exit_status_for(exc.signum)
+        finally:
+            _flush_stdout()
+
+
+def _main(argv, signals):
+    from analysis.inputs import expand_inputs
+    from analysis.runner import check_outputs, run
+    args, parser = parse_args(argv)
+    found = expand_inputs(args.inputs)
     try:
-        from analysis.runner import run
+        check_outputs(args, found)
+    except UsageError as exc:
+        parser.error(str(exc))
+    try:
         analyzer = analyzer_from_args(args)
-        return run(analyzer, args)
+        return run(analyzer, args, found, signals)
     except AgeGenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _flush_stdout():
+    """Flush stdout now, so a reader that went away (``| head -c1``) is one line, not a traceback at exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        mute_stdout()
+        print("error: standard output was closed by the reader (broken pipe)", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

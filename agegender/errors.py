@@ -22,6 +22,15 @@ class DataError(AgeGenderError):
     """A data set file (RecordIO pack, index, CSV, .mat) is malformed."""
 
 
+class UsageError(AgeGenderError):
+    """The options ask for something that cannot be done (e.g. an output that would overwrite an input):
+    the command-line tools report it as a usage error (exit 2) before doing any work."""
+
+
+class ModelOutputError(AgeGenderError):
+    """A network gave NaN or infinite values: the faces concerned have no estimate."""
+
+
 class UsageParser(argparse.ArgumentParser):
     """An ``argparse.ArgumentParser`` whose usage errors are one line, ``error: <what is wrong>``, exit 2."""
 

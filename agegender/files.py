@@ -6,6 +6,7 @@ the previous file or nothing, never half a file. A target that is a FIFO or a ch
 (``/dev/stdout``, ``/dev/null``) is written in place instead of being replaced by a regular file.
 """
 import contextlib
+import errno
 import glob
 import os
 import stat
@@ -197,3 +198,92 @@ def quiet_native_stderr():
             os.dup2(saved, 2)
             os.close(saved)
         _redirect_lock.release()
+
+
+class TextOutput:
+    """A text output that is complete or absent: ``"-"`` (standard output), a FIFO or device (written in
+    place), or a file written under a temporary name that :meth:`commit` renames onto ``path``.
+
+    :meth:`discard` drops the temporary file (the previous ``path``, if any, stays as it was). Names that
+    are not UTF-8 (surrogate escapes from the file system) are written as their original bytes. Write
+    failures raise OutputError naming ``path`` (``"standard output"`` for ``-``).
+    """
+
+    def __init__(self, path, newline=None):
+        self.path, self.tmp = path, None
+        if path == "-":
+            if stream_was_closed(1):
+                raise OutputError("standard output is closed, cannot write '-' to it")
+            self.file = sys.stdout
+            return
+        try:
+            if is_special_file(path):
+                target = path
+            else:
+                check_output_path(path)
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                remove_stale_temporaries(path)
+                self.tmp = target = temporary_path(path)
+            self.file = open(target, "w", encoding="utf-8", errors="surrogateescape", newline=newline)
+        except OSError as exc:
+            if self.tmp:
+                remove_quietly(self.tmp)
+            raise self.error(exc) from None
+
+    def error(self, exc):
+        """The OutputError for a failed write; after a broken pipe on stdout, stdout is muted for a clean exit."""
+        if self.path == "-" and getattr(exc, "errno", None) == errno.EPIPE:
+            mute_stdout()
+            return OutputError("standard output was closed by the reader (broken pipe)")
+        return OutputError(f"{self.path}: cannot write ({getattr(exc, 'strerror', None) or exc})")
+
+    def write(self, text):
+        try:
+            try:
+                self.file.write(text)
+            except UnicodeEncodeError:      # stdout in another encoding, or a name that is not UTF-8
+                self.file.flush()
+                self.file.buffer.write(text.encode(self.file.encoding or "utf-8", "surrogateescape"))
+        except (OSError, ValueError) as exc:
+            raise self.error(exc) from None
+
+    def commit(self):
+        """Finish the output: flush stdout, or close the file and rename it onto ``path``."""
+        try:
+            if self.file is sys.stdout:
+                self.file.flush()
+                return
+            self.file.flush()
+            if self.tmp:
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if self.tmp:
+                os.chmod(self.tmp, 0o644)
+                os.replace(self.tmp, self.path)
+                self.tmp = None
+        except (OSError, ValueError) as exc:
+            self.discard()
+            raise self.error(exc) from None
+
+    def discard(self):
+        """Give up the output: the temporary file is removed (stdout is only flushed)."""
+        try:
+            if self.file is sys.stdout:
+                self.file.flush()
+            else:
+                self.file.close()
+        except (OSError, ValueError):
+            pass
+        if self.tmp:
+            remove_quietly(self.tmp)
+            self.tmp = None
+
+
+def mute_stdout():
+    """Point descriptor 1 at /dev/null (after the reader of a pipe went away), so exiting flushes nothing."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass

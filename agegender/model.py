@@ -11,7 +11,7 @@ from . import config
 from .backends import MXNetRunner, OnnxRunner, check_backend
 from .checkpoint import checkpoint_paths, parse_model_spec
 from .decode import AGE_DECODINGS, decode_faces
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelOutputError
 
 
 def get_context(gpu=-1):
@@ -120,6 +120,8 @@ class AgeGenderModel:
         if len(probe) != 1 or probe[0].shape != (1, config.FC1_SIZE):
             raise CheckpointError(f"{path}: network gives outputs of shape {[p.shape for p in probe]}, "
                                   f"an age/gender network gives one (N, {config.FC1_SIZE})")
+        if not np.isfinite(probe[0]).all():
+            raise CheckpointError(f"{path}: network gives NaN or infinite outputs (NaN weights?), not a usable model")
 
     def forward(self, batch):
         """Run N x 3 x H x W float32 RGB faces (0..255) through the net; returns N x 202 float32."""
@@ -131,11 +133,18 @@ class AgeGenderModel:
         return np.concatenate(outputs)
 
     def predict(self, faces_bgr):
-        """Estimate age and gender for aligned BGR faces; returns ``(list of dicts, fc1 array)``."""
+        """Estimate age and gender for aligned BGR faces; returns ``(list of dicts, fc1 array)``.
+
+        ModelOutputError if the network gives a NaN or infinity for any face (never decoded into an estimate).
+        """
         if len(faces_bgr) == 0:
             return [], np.zeros((0, config.FC1_SIZE), np.float32)
         batch = faces_to_batch(faces_bgr)
         fc1 = self.forward(batch)
         if self.flip:
             fc1 = (fc1 + self.forward(batch[..., ::-1])) / 2
+        bad = ~np.isfinite(fc1).all(axis=1)
+        if bad.any():
+            raise ModelOutputError(f"the age/gender network gave NaN or infinite outputs for {int(bad.sum())} of "
+                                   f"{len(fc1)} faces (face {int(np.argmax(bad))} first); no estimate")
         return decode_faces(fc1, self.age_decoding), fc1

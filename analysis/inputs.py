@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import cv2
 
-from agegender.errors import ImageError
-from agegender.image import IMAGE_EXTENSIONS
+from agegender.errors import ImageError, ImageTooLargeError
+from agegender.files import quiet_native_stderr
+from agegender.image import IMAGE_EXTENSIONS, MAX_PIXELS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -31,15 +32,20 @@ def _is_media(path):
 def expand_inputs(specs):
     """Expand paths, folders (recursively, by extension) and glob patterns into InputItems.
 
-    A spec that matches nothing becomes an item with ``error`` set, so batch jobs can report it and go on.
+    A spec that matches nothing, and a sub-folder that cannot be read, become items with ``error`` set, so
+    batch jobs can report them and go on.
     """
     items = []
     for spec in specs:
         if os.path.isdir(spec):
+            unreadable = []
             found = sorted(os.path.join(dirpath, name)
-                           for dirpath, _, names in os.walk(spec) for name in names
+                           for dirpath, _, names in os.walk(spec, onerror=unreadable.append) for name in names
                            if _is_media(name))
-            if not found:
+            items.extend(InputItem(exc.filename or spec, error=f"{exc.filename or spec}: folder cannot be read "
+                                                               f"({exc.strerror or exc}); its files are skipped")
+                         for exc in unreadable)
+            if not found and not unreadable:
                 items.append(InputItem(spec, error=f"{spec}: folder holds no images or videos"))
             items.extend(InputItem(path, root=spec) for path in found)
         elif os.path.exists(spec):
@@ -77,26 +83,54 @@ def video_fps(path, default=25.0):
     return fps if fps and fps > 0 and fps < 1000 else default
 
 
-def iter_video_frames(path, every=1):
-    """Yield ``(frame_index, bgr_image)`` for every ``every``-th frame, decoding one frame at a time."""
-    capture = cv2.VideoCapture(path)
+MAX_BAD_READS = 8       # consecutive failed frame reads after which a video is taken to have ended
+
+
+def iter_video_frames(path, every=1, max_pixels=MAX_PIXELS):
+    """Yield ``(frame_index, bgr_image)`` for every ``every``-th frame, decoding one frame at a time.
+
+    Videos whose frames exceed ``max_pixels`` are refused before any frame is decoded (ImageTooLargeError).
+    Frames that cannot be decoded are skipped; once the good frames have been yielded, ImageError says
+    the video is corrupt or truncated if any were skipped or it holds fewer frames than its header says.
+    """
+    with quiet_native_stderr():         # FFmpeg's own messages; the errors below say what went wrong
+        capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         raise ImageError(f"{path}: cannot open as a video")
     try:
-        index = 0
-        while True:
-            if index % every == 0:
-                ok, frame = capture.read()
-            else:
-                ok = capture.grab()
-                frame = None
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        announced = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"{path}: video of {width}x{height} frames refused, more than {max_pixels} "
+                                     f"pixels per frame")
+        index = failures = broken_stretches = 0
+        first_broken = None
+        while failures <= MAX_BAD_READS:
+            with quiet_native_stderr():
+                if index % every == 0:
+                    ok, frame = capture.read()
+                else:
+                    ok, frame = capture.grab(), None
             if not ok:
-                if index == 0:
-                    raise ImageError(f"{path}: video holds no readable frame")
-                break
+                failures += 1
+                continue
+            if failures:                # failed reads followed by good frames: data missing in the middle
+                broken_stretches += 1
+                first_broken = index if first_broken is None else first_broken
+                failures = 0
             if frame is not None:
+                if frame.shape[0] * frame.shape[1] > max_pixels:
+                    raise ImageTooLargeError(f"{path}: frame {index} of {frame.shape[1]}x{frame.shape[0]} pixels "
+                                             f"refused, more than {max_pixels} pixels")
                 yield index, frame
             index += 1
+        if index == 0:
+            raise ImageError(f"{path}: video holds no readable frame")
+        truncated = announced and index < announced - max(1, announced // 100)
+        if broken_stretches or truncated:
+            where = f"undecodable data before frame {first_broken}" if broken_stretches else "it ends early"
+            raise ImageError(f"{path}: video is corrupt or truncated ({where}; {index} of "
+                             f"{announced or 'an unknown number of'} frames decoded, those were processed)")
     finally:
         capture.release()
 

@@ -9,6 +9,7 @@ import argparse
 
 from agegender import config
 from agegender.decode import AGE_DECODINGS
+from agegender.align import parse_face_size
 
 from .detectors import DETECTORS, describe_detectors
 
@@ -45,14 +46,15 @@ def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x11
 def check_analyzer_options(parser, args):
     """Refuse bad values with ``parser.error`` (exit 2); turns ``args.image_size`` into ``(height, width)``."""
     try:
-        height, width = (int(v) for v in args.image_size.split(","))
-    except ValueError:
-        parser.error(f"--image-size {args.image_size}: expected 'height,width'")
-    args.image_size = (height, width)
+        args.image_size = parse_face_size(args.image_size)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.min_face is not None and args.min_face < 1:
         parser.error("--min-face must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:      # NaN included
+        parser.error(f"--threshold {args.threshold}: must be a score between 0 and 1")
 
 
 def analyzer_from_args(args):

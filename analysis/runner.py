@@ -3,28 +3,28 @@ bad items skipped; videos get face tracks; collections can be sharded and resume
 import csv
 import errno
 import json
+import math
 import os
+import signal
 import sys
+import threading
 
 import cv2
 from tqdm import tqdm
 
-from agegender.errors import AgeGenderError
-from agegender.image import read_image
+from agegender.errors import AgeGenderError, ModelOutputError, UsageError
+from agegender.files import OutputError, TextOutput, atomic_write, check_output_path, mute_stdout, same_file
+from agegender.image import IMAGE_EXTENSIONS, read_image
 
 from .draw import draw_faces
 from .inputs import VIDEO_EXTENSIONS, expand_inputs, in_shard, iter_video_frames, output_name, video_fps
 from .tracking import FaceTracker
 
 
-class OutputError(AgeGenderError):
-    """The JSON or CSV output cannot be written: the run stops."""
-
-
 def _output_error(path, exc):
     """An OutputError for a failed write to ``path``; after a broken pipe, stdout is muted for a clean exit."""
     if path == "-" and exc.errno == errno.EPIPE:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        mute_stdout()
         return OutputError("standard output was closed by the reader (broken pipe)")
     return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
 
@@ -35,53 +35,62 @@ TRACK_FIELDS = ("track", "age_track", "gender_track")
 
 
 class JsonArrayWriter:
-    """Writes one JSON array incrementally, so memory stays flat however many images there are."""
+    """Writes one JSON array incrementally, so memory stays flat however many images there are.
+
+    The file is complete or absent: it is written under a temporary name and renamed by close().
+    """
 
     def __init__(self, path):
         self.path = path
-        self.file = sys.stdout if path == "-" else _open_for_writing(path)
+        self.output = TextOutput(path)
         self.count = 0
-        self._write("[")
-
-    def _write(self, text):
-        try:
-            self.file.write(text)
-        except OSError as exc:
-            raise _output_error(self.path, exc) from None
+        self.output.write("[")
 
     def write(self, record):
-        self._write(("," if self.count else "") + "\n" + json.dumps(record))
+        self.output.write(("," if self.count else "") + "\n" + json.dumps(record, allow_nan=False))
         self.count += 1
 
     def close(self):
-        self._write("\n]\n")
-        _close(self.file, self.path)
+        self.output.write("\n]\n")
+        self.output.commit()
+
+    def discard(self):
+        if self.path != "-":
+            self.output.discard()
+            return
+        try:                            # what went to stdout is kept: end the array so it stays valid JSON
+            self.close()
+        except OutputError:
+            pass
 
 
 class CsvWriter:
-    """One row per face."""
+    """One row per face; complete or absent like JsonArrayWriter."""
 
     def __init__(self, path):
         self.path = path
-        self.file = sys.stdout if path == "-" else _open_for_writing(path, newline="")
-        self.writer = csv.writer(self.file)
-        self._rows([CSV_COLUMNS])
-
-    def _rows(self, rows):
-        try:
-            self.writer.writerows(rows)
-        except OSError as exc:
-            raise _output_error(self.path, exc) from None
+        self.output = TextOutput(path, newline="")
+        self.writer = csv.writer(self.output)
+        self.writer.writerow(CSV_COLUMNS)
 
     def write(self, record):
         """One row per face; a video's track summary record has no faces and gives no row."""
-        self._rows([record["image"], "" if record["frame"] is None else record["frame"], i,
-                    *face["bbox"], face["score"], face["age"], face["age_expected"],
-                    face["gender"], face["gender_prob_male"], *(face.get(k, "") for k in TRACK_FIELDS)]
-                   for i, face in enumerate(record.get("faces", ())))
+        self.writer.writerows([record["image"], "" if record["frame"] is None else record["frame"], i,
+                               *face["bbox"], face["score"], face["age"], face["age_expected"],
+                               face["gender"], face["gender_prob_male"], *(face.get(k, "") for k in TRACK_FIELDS)]
+                              for i, face in enumerate(record.get("faces", ())))
 
     def close(self):
-        _close(self.file, self.path)
+        self.output.commit()
+
+    def discard(self):
+        if self.path != "-":
+            self.output.discard()
+            return
+        try:
+            self.close()
+        except OutputError:
+            pass
 
 
 class JsonLinesWriter:
@@ -101,7 +110,7 @@ class JsonLinesWriter:
             raise _output_error(path, exc) from None
 
     def write(self, record):
-        view = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+        view = memoryview((json.dumps(record, allow_nan=False) + "\n").encode("utf-8"))
         try:
             while view:
                 view = view[os.write(self.fd, view):]
@@ -114,6 +123,13 @@ class JsonLinesWriter:
                 os.close(self.fd)
             except OSError as exc:
                 raise _output_error(self.path, exc) from None
+
+    def discard(self):
+        """Lines written are kept (each is complete): the file is closed."""
+        try:
+            self.close()
+        except OutputError:
+            pass
 
 
 def finished_in_jsonl(path):
@@ -165,23 +181,9 @@ def _drop_unfinished(path, unfinished):
     os.replace(temp, path)
 
 
-def _open_for_writing(path, newline=None):
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return open(path, "w", encoding="utf-8", newline=newline)
-    except OSError as exc:
-        raise _output_error(path, exc) from None
-
-
-def _close(file, path):
-    """Flush stdout or close a file; buffered data that cannot be written raises OutputError."""
-    try:
-        if file is sys.stdout:
-            file.flush()
-        else:
-            file.close()
-    except OSError as exc:
-        raise _output_error(path, exc) from None
+def names_picture(path):
+    """True when ``path`` is a picture file name (an image extension), not an existing folder."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and not os.path.isdir(path)
 
 
 class PictureWriter:
@@ -193,7 +195,7 @@ class PictureWriter:
 
     def __init__(self, output, single):
         self.output = output
-        self.single = single and os.path.splitext(output)[1].lower() in (".jpg", ".jpeg", ".png", ".bmp")
+        self.single = single and names_picture(output)
         self.used = set()
 
     def path_for(self, item, frame):
@@ -217,11 +219,7 @@ class PictureWriter:
         ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".jpg", picture)
         if not ok:
             raise AgeGenderError(f"{path}: cannot encode the annotated picture")
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            encoded.tofile(path)
-        except OSError as exc:
-            raise AgeGenderError(f"{path}: cannot write the annotated picture ({exc.strerror or exc})") from None
+        atomic_write(path, encoded.tofile, error_class=AgeGenderError)
 
 
 class VideoOutput:
@@ -233,7 +231,7 @@ class VideoOutput:
         self.path = path
         self.fps = fps
         stem, ext = os.path.splitext(path)
-        self.temp = f"{stem}.partial{ext}"
+        self.temp = f"{stem}.partial-{os.getpid()}{ext}"     # the extension tells OpenCV the container
         self.writer = None
 
     def write(self, picture):
@@ -251,10 +249,21 @@ class VideoOutput:
     def close(self):
         if self.writer is not None:
             self.writer.release()
+            self.writer = None
             try:
                 os.replace(self.temp, self.path)
             except OSError as exc:
                 raise _output_error(self.path, exc) from None
+
+    def discard(self):
+        """Drop the partial video (``path`` stays as it was)."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        try:
+            os.remove(self.temp)
+        except OSError:
+            pass
 
 
 def _frames(item, args):
@@ -301,17 +310,160 @@ def report(message):
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
-def run(analyzer, args):
-    """Process every input of ``args``; returns the exit status (0 all good, 1 if any item failed)."""
-    found = expand_inputs(args.inputs)
+def check_outputs(args, items):
+    """UsageError unless the outputs of ``args`` can be written without destroying anything.
+
+    Refused: two of ``--json``/``--csv``/``--jsonl`` naming one file, or more than one ``-``; an output that
+    is (or would overwrite) an input file; an ``--output`` folder that is, or holds, an input folder; a
+    picture file name for ``--output`` when the inputs give several pictures; outputs that are folders or
+    inside a file.
+    """
+    inputs = [item.path for item in items if not item.error]
+    input_folders = {os.path.realpath(item.root) for item in items if item.root}
+
+    def overwrites_input(path):
+        return any(same_file(path, p) for p in inputs)
+
+    named = [(option, path) for option, path in (("--json", args.json), ("--csv", args.csv),
+                                                  ("--jsonl", getattr(args, "jsonl", None))) if path]
+    on_stdout = [option for option, path in named if path == "-"]
+    if len(on_stdout) > 1:
+        raise UsageError(f"{' - and '.join(on_stdout)} - would mix formats on standard output; write all but one "
+                         f"to files")
+    files = [(option, path) for option, path in named if path != "-"]
+    for i, (option, path) in enumerate(files):
+        for other_option, other in files[:i]:
+            if path == other or same_file(path, other):
+                raise UsageError(f"{other_option} and {option} name the same file {path}")
+        if overwrites_input(path):
+            raise UsageError(f"{option} {path}: is an input; refusing to overwrite it")
+        try:
+            check_output_path(path, f"{option} output")
+        except AgeGenderError as exc:
+            raise UsageError(str(exc)) from None
+    if not args.output:
+        return
+    output = args.output
+    single = len(items) == 1 and not items[0].is_video
+    if len(items) == 1 and items[0].is_video and output.lower().endswith(VIDEO_EXTENSIONS):
+        if overwrites_input(output) or any(same_file(output, p) for _, p in files):
+            raise UsageError(f"--output {output}: is an input or another output; refusing to overwrite it")
+        return
+    if names_picture(output):
+        if not single:
+            raise UsageError(f"--output {output}: names one picture, but the inputs give several; give a folder")
+        if overwrites_input(output) or any(same_file(output, p) for _, p in files):
+            raise UsageError(f"--output {output}: is an input or another output; refusing to overwrite it")
+        try:
+            check_output_path(output, "--output picture")
+        except AgeGenderError as exc:
+            raise UsageError(str(exc)) from None
+        return
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output}: is a file; give a folder (or a picture name for one input)")
+    real = os.path.realpath(output)
+    for folder in input_folders:
+        if os.path.commonpath([real, folder]) == real:
+            raise UsageError(f"--output {output}: is or holds the input folder {folder}; annotated pictures "
+                             f"would be written among the inputs")
+    planner = PictureWriter(output, single=False)
+    for item in items:
+        if item.error or item.is_video:
+            continue
+        try:
+            planned = planner.path_for(item, None)
+        except AgeGenderError:
+            continue                    # refused when the item is written (a symbolic link leads outside)
+        if overwrites_input(planned):
+            raise UsageError(f"--output {output}: the annotated picture of {item.path} would overwrite an input")
+
+
+class Interrupted(BaseException):
+    """A second SIGINT/SIGTERM/SIGHUP arrived: the current item is abandoned."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class StopSignals:
+    """While entered (main thread only): the first SIGINT, SIGTERM or SIGHUP sets ``received`` so the run
+    stops after the current item; a second one raises :class:`Interrupted` to abandon that item."""
+
+    def __init__(self):
+        self.received = None
+        self._holding = False
+        self._previous = {}
+
+    def hold(self):
+        """From now on signals are only recorded (the outputs are being completed)."""
+        self._holding = True
+
+    def _handle(self, signum, frame):
+        if self.received is None or self._holding:
+            self.received = self.received or signum
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def exit_status_for(signum):
+    """The shell's exit status for a run stopped by ``signum``: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    return 128 + int(signum)
+
+
+def _item_failure(item, exc):
+    """The one-line report of an item that failed with a native or memory error, or None for other errors."""
+    if isinstance(exc, MemoryError):
+        return f"{item.path}: out of memory while processing it; skipped"
+    if isinstance(exc, cv2.error):
+        return f"{item.path}: OpenCV could not process it ({str(exc).strip().splitlines()[-1]})"
+    kind = type(exc)
+    if kind.__name__ == "MXNetError" or kind.__module__.startswith("onnxruntime"):
+        text = [line for line in str(exc).strip().splitlines() if line.strip()] or [kind.__name__]
+        return f"{item.path}: the network could not process it ({text[-1][:200]})"
+    return None
+
+
+def run(analyzer, args, found=None, signals=None):
+    """Process every input of ``args``; returns the exit status (0 all good, 1 if any item failed, 128 + N
+    when stopped by signal N).
+
+    ``found`` (default: ``expand_inputs(args.inputs)``) should have passed :func:`check_outputs`; ``signals``
+    is the entered :class:`StopSignals` (default: one entered here).
+    """
+    found = expand_inputs(args.inputs) if found is None else found
+    if signals is None:
+        with StopSignals() as own:
+            return run(analyzer, args, found, own)
     items = select_items(found, args)
+    if signals.received:
+        return _stopped(signals.received, 0, len(items))
     writers = []
-    if args.json:
-        writers.append(JsonArrayWriter(args.json))
-    if args.csv:
-        writers.append(CsvWriter(args.csv))
-    if args.jsonl:
-        writers.append(JsonLinesWriter(args.jsonl, append=args.resume))
+    try:
+        if args.json:
+            writers.append(JsonArrayWriter(args.json))
+        if args.csv:
+            writers.append(CsvWriter(args.csv))
+        if args.jsonl:
+            writers.append(JsonLinesWriter(args.jsonl, append=args.resume))
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
     one_video = len(found) == 1 and found[0].is_video
     video_out = None
     pictures = None
@@ -319,24 +471,29 @@ def run(analyzer, args):
         video_out = VideoOutput(args.output, video_fps(found[0].path) / args.every)
     elif args.output:
         pictures = PictureWriter(args.output, single=len(found) == 1 and not found[0].is_video)
-    failed = 0
+    outputs = writers + ([video_out] if video_out else [])
+    failed = done = 0
     show_bar = (len(found) > 1 or one_video) and not args.quiet and sys.stderr.isatty()
     bar = tqdm(total=len(items), unit="input", disable=not show_bar, file=sys.stderr, dynamic_ncols=True)
     pending = []
 
-    def flush(tracker):
+    def flush(item, tracker):
         if not pending:
             return
         images = [entry[2] for entry in pending]
-        if analyzer.finder is None:
-            results = [_rescaled(faces, entry[3]) for faces, entry in
-                       zip(analyzer.analyze_aligned(images, raw=args.raw), pending)]
-        else:
-            results = analyzer.analyze_many(images, raw=args.raw, scales=[entry[3] for entry in pending])
+        try:
+            if analyzer.finder is None:
+                results = [_rescaled(faces, entry[3]) for faces, entry in
+                           zip(analyzer.analyze_aligned(images, raw=args.raw), pending)]
+            else:
+                results = analyzer.analyze_many(images, raw=args.raw, scales=[entry[3] for entry in pending])
+        except ModelOutputError as exc:
+            raise AgeGenderError(f"{item.path}: {exc}") from None
         for (item, frame, image, scale), faces in zip(pending, results):
             if tracker is not None:
                 tracker.update(frame, faces)
             record = image_record(item.path, frame, image, scale, analyzer.detector_name, faces)
+            _check_finite(record)
             for writer in writers:
                 writer.write(record)
             if pictures or video_out or args.show:
@@ -349,8 +506,11 @@ def run(analyzer, args):
                     _show(picture)
         pending.clear()
 
+    interrupted = None
     try:
         for item in items:
+            if signals.received:
+                break
             try:
                 if item.error:
                     raise AgeGenderError(item.error)
@@ -360,8 +520,10 @@ def run(analyzer, args):
                     pending.append((item, frame, image, scale))
                     frames += 1
                     if len(pending) >= args.images_per_batch:
-                        flush(tracker)
-                flush(tracker)
+                        flush(item, tracker)
+                        if signals.received:        # a long video: stop at a batch boundary
+                            break
+                flush(item, tracker)
                 if tracker is not None:
                     for writer in writers:
                         writer.write(track_summary_record(item.path, frames, tracker))
@@ -371,26 +533,56 @@ def run(analyzer, args):
                 pending.clear()
                 failed += 1
                 report(exc)
-            except cv2.error as exc:
+            except Exception as exc:  # noqa: BLE001 - native and memory errors fail this item only
+                message = _item_failure(item, exc)
+                if message is None:
+                    raise
                 pending.clear()
                 failed += 1
-                report(f"{item.path}: OpenCV could not process it ({str(exc).strip().splitlines()[-1]})")
+                report(message)
+            done += 1
             bar.update(1)
-    finally:
+    except Interrupted as exc:
+        interrupted = exc.signum
+        pending.clear()
+    except BaseException:
         bar.close()
-        close_errors = _close_all(writers + ([video_out] if video_out else []))
+        for output in outputs:
+            output.discard()
+        raise
+    bar.close()
+    signals.hold()
+    close_errors = _close_all(outputs)
     if close_errors:
         raise close_errors[0]
+    if interrupted or signals.received:
+        return _stopped(interrupted or signals.received, done, len(items))
     return 1 if failed else 0
 
 
+def _stopped(signum, done, total):
+    name = signal.Signals(signum).name
+    report(f"interrupted by {name} after {done} of {total} inputs; the outputs hold the inputs done")
+    return exit_status_for(signum)
+
+
+def _check_finite(record):
+    """AgeGenderError naming the image if any number of its record is NaN or infinite (JSON cannot hold it)."""
+    for face in record["faces"]:
+        values = list(face["bbox"]) + [face.get("score"), face.get("age_expected"), face.get("gender_prob_male")]
+        values += [v for point in face.get("landmarks") or [] for v in point] + list(face.get("fc1") or [])
+        if not all(v is None or math.isfinite(v) for v in values):
+            raise AgeGenderError(f"{record['image']}: a face's result holds NaN or infinite values; not written")
+
+
 def _close_all(writers):
-    """Close every writer; returns the OutputErrors (reported unless another error is on its way)."""
+    """Close every writer; returns the OutputErrors (the outputs that could not be completed are discarded)."""
     errors = []
     for writer in writers:
         try:
             writer.close()
         except OutputError as exc:
+            writer.discard()
             errors.append(exc)
     return errors
 

@@ -573,7 +573,7 @@ def test_unwritable_outputs_are_one_error_line(tmp_path, face_112, original_mode
     blocker = tmp_path / "a file"
     blocker.write_text("")
     result = run_cli("--aligned", "--model", original_model, image, "--json", blocker / "out.json")
-    assert result.returncode == 1 and len(error_lines(result)) == 1 and str(blocker / "out.json") in result.stderr
+    assert result.returncode == 2 and len(error_lines(result)) == 1 and str(blocker / "out.json") in result.stderr
     read_end, write_end = os.pipe()
     os.close(read_end)                                              # e.g. `test.py ... --json - | head -0`
     try:
