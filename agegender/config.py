@@ -41,6 +41,11 @@ ESSH_DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "retinaface", "retinaf
 ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"
 ESSH_THRESHOLD = 0.5
 ESSH_NMS = 0.3
+# Longer image side fed to ESSH/RetinaFace (larger images are shrunk first; None: full size). Chosen with
+# bench/bench_essh_size.py (README, "Benchmarks"): from 1280 up the recall on every golden sample image
+# equals the uncapped detector's, but the crowd photos' landmarks (and so ages) need 1920 to stay within
+# tests/test_essh.py's agreement; 640 (insightface's det_size) is ~3x faster on test1.jpg.
+ESSH_MAX_SIZE = 1920
 
 # ONNX exports of the defaults for the onnxruntime backend (`python export.py --defaults`, never committed)
 ONNX_MODEL_DIR = os.path.join(PROJECT_ROOT, "models", "onnx")

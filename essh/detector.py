@@ -13,6 +13,7 @@ from agegender.backends import MXNetRunner, OnnxRunner, check_backend
 from agegender.checkpoint import checkpoint_paths, parse_model_spec
 from agegender.errors import CheckpointError
 from agegender.image import as_bgr_uint8
+from agegender.profiling import NO_TIMER
 from rcnn.processing.bbox_transform import bbox_overlaps, bbox_pred, clip_boxes, clip_points, landmark_pred
 from rcnn.processing.generate_anchor import anchors_plane, generate_anchors_fpn
 from rcnn.processing.nms import cpu_nms_wrapper, gpu_nms_wrapper
@@ -90,14 +91,21 @@ class ESSHDetector:
     ``family`` None picks it per checkpoint (:mod:`essh.families`); ``threshold`` is the score a face
     needs; ``nms`` None takes the family's threshold; ``scales`` (None: ``[1.0]``, or "auto"/"pyramid",
     see :func:`resolve_scales`); ``voting=True`` replaces NMS by box voting; ``min_face`` (pixels, may be
-    changed between calls) drops faces whose box is smaller on its longer side (None keeps all).
+    changed between calls) drops faces whose box is smaller on its longer side (None keeps all);
+    ``max_size`` (pixels, None: no cap) shrinks an image whose longer side exceeds it before the scales
+    apply, like insightface's ``det_size`` (default ``config.ESSH_MAX_SIZE``, chosen by recall, see README).
     """
 
     def __init__(self, model=config.ESSH_DEFAULT_MODEL, ctx=None, family=None, threshold=config.ESSH_THRESHOLD,
-                 nms=None, scales=None, voting=False, min_face=None, max_executors=4, backend="mxnet"):
+                 nms=None, scales=None, voting=False, min_face=None, max_size=config.ESSH_MAX_SIZE, max_executors=4,
+                 backend="mxnet"):
         self.backend = check_backend(backend)
         self.threshold = float(threshold)
         self.min_face = min_face
+        if max_size is not None and int(max_size) < 32:
+            raise ValueError(f"max_size must be at least 32 pixels, got {max_size}")
+        self.max_size = None if max_size is None else int(max_size)
+        self.timer = NO_TIMER   # a profiling.StageTimer collects per-stage times (bench/)
         if backend == "onnx":
             self.runner = OnnxRunner(model)
             name = family or self.runner.metadata.get(ONNX_FAMILY_KEY)
@@ -189,9 +197,14 @@ class ESSHDetector:
 
     def _candidates(self, img_bgr, scale, threshold, strides):
         """Decoded (scores, boxes, landmarks) at one scale, in original image coordinates."""
-        tensor = self.input_tensor(img_bgr, scale)
-        outputs = self.forward(tensor)
-        image_shape = tensor.shape[2:]
+        with self.timer("resize + normalise"):
+            tensor = self.input_tensor(img_bgr, scale)
+        with self.timer("forward"):
+            outputs = self.forward(tensor)
+        with self.timer("decode"):
+            return self._decode_outputs(outputs, tensor.shape[2:], scale, threshold, strides)
+
+    def _decode_outputs(self, outputs, image_shape, scale, threshold, strides):
         results = []
         for index, stride in enumerate(STRIDES):
             if stride not in strides:
@@ -232,6 +245,9 @@ class ESSHDetector:
     def _detect(self, img_bgr):
         """Faces of every scale, merged by NMS (or box voting), by descending score."""
         scales = resolve_scales(self.scales, img_bgr.shape)
+        longest = max(img_bgr.shape[:2])
+        if self.max_size is not None and longest > self.max_size:
+            scales = [scale * self.max_size / longest for scale in scales]
         candidates = []
         for scale in scales:
             strides = STRIDES[1:] if len(scales) > 1 and scale == max(scales) else STRIDES
@@ -244,7 +260,8 @@ class ESSHDetector:
         order = np.argsort(-scores, kind="stable")
         dets = np.hstack([boxes, scores[:, None]])[order]
         landmarks = landmarks[order]
-        if self.voting:
-            return box_voting(dets, landmarks, self.nms_threshold)
-        keep = self._nms(dets.astype(np.float32))
-        return dets[keep], landmarks[keep]
+        with self.timer("NMS"):
+            if self.voting:
+                return box_voting(dets, landmarks, self.nms_threshold)
+            keep = self._nms(dets.astype(np.float32))
+            return dets[keep], landmarks[keep]

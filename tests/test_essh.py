@@ -283,3 +283,19 @@ def test_default_detector_landmarks_give_the_reference_ages_and_genders(quality)
     gender_ok = np.mean([(estimate["gender"] == "M") == (face["gender"] == 1) for face, estimate in pairs])
     assert age_ok >= MIN_AGE_AGREEMENT, f"age within {AGE_TOLERANCE} years on {age_ok:.0%} of {len(pairs)} faces"
     assert gender_ok >= MIN_GENDER_AGREEMENT, f"same gender on {gender_ok:.0%} of {len(pairs)} faces"
+
+
+def test_max_size_caps_only_larger_images(sample_images_dir, reference_dir):
+    from bench.bench_essh_size import recall
+    from tests.golden import load_reference
+    model = default_model_or_skip()
+    img, _ = read_image(os.path.join(sample_images_dir, "test1.jpg"))          # 1280 x 886
+    uncapped, loose, capped = (ESSHDetector(model, max_size=size) for size in (None, 1280, 640))
+    full_boxes, full_points = uncapped.detect(img)
+    boxes, points = loose.detect(img)
+    np.testing.assert_array_equal(boxes, full_boxes)
+    np.testing.assert_array_equal(points, full_points)
+    _, golden_boxes, golden_points = load_reference(reference_dir, "test1.jpg")
+    assert recall(golden_boxes, golden_points, capped.detect(img)[1]) >= recall(golden_boxes, golden_points, full_points)
+    with pytest.raises(ValueError):
+        ESSHDetector(model, max_size=16)
