@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 from tqdm import tqdm
@@ -266,13 +267,44 @@ class VideoOutput:
             pass
 
 
-def _frames(item, args):
-    """Yield ``(frame, image, scale)`` for an input item (one triple for a picture)."""
+# Pictures decoded ahead of the one being analysed (a background thread: decoding releases the GIL).
+PREFETCH_PICTURES = 2
+
+
+class PictureReader:
+    """Decodes the next pictures of ``items`` in a background thread while the current one is analysed.
+
+    ``read(index)`` returns ``read_image(items[index].path)`` (or raises what it raised) and queues the
+    decoding of the following pictures, at most ``depth`` ahead, so memory stays bounded.
+    """
+
+    def __init__(self, items, depth=PREFETCH_PICTURES):
+        self.items, self.depth = items, depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") if depth > 0 else None
+        self.pending = {}
+
+    def read(self, index):
+        for ahead in range(index + 1, min(index + 1 + self.depth, len(self.items))):
+            item = self.items[ahead]
+            if self.pool and ahead not in self.pending and not item.is_video and not item.error:
+                self.pending[ahead] = self.pool.submit(read_image, item.path)
+        future = self.pending.pop(index, None)
+        return future.result() if future is not None else read_image(self.items[index].path)
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pending.clear()
+
+
+def _frames(item, args, reader=None, index=None):
+    """Yield ``(frame, image, scale)`` for an input item (one triple for a picture; ``reader``: a
+    PictureReader over the run's items, ``index`` this item's place in them)."""
     if item.is_video:
         for frame, image in iter_video_frames(item.path, args.every):
             yield frame, image, 1.0
     else:
-        image, scale = read_image(item.path)
+        image, scale = reader.read(index) if reader is not None else read_image(item.path)
         if scale != 1.0:
             tqdm.write(f"note: {item.path}: {round(image.shape[1] * scale)}x{round(image.shape[0] * scale)} pixels, "
                        f"decoded at 1/{round(scale)} size ({image.shape[1]}x{image.shape[0]})", file=sys.stderr)
@@ -507,8 +539,9 @@ def run(analyzer, args, found=None, signals=None):
         pending.clear()
 
     interrupted = None
+    reader = PictureReader(items)
     try:
-        for item in items:
+        for index, item in enumerate(items):
             if signals.received:
                 break
             try:
@@ -516,7 +549,7 @@ def run(analyzer, args, found=None, signals=None):
                     raise AgeGenderError(item.error)
                 tracker = FaceTracker() if item.is_video else None
                 frames = 0
-                for frame, image, scale in _frames(item, args):
+                for frame, image, scale in _frames(item, args, reader, index):
                     pending.append((item, frame, image, scale))
                     frames += 1
                     if len(pending) >= args.images_per_batch:
@@ -546,10 +579,12 @@ def run(analyzer, args, found=None, signals=None):
         interrupted = exc.signum
         pending.clear()
     except BaseException:
+        reader.close()
         bar.close()
         for output in outputs:
             output.discard()
         raise
+    reader.close()
     bar.close()
     signals.hold()
     close_errors = _close_all(outputs)

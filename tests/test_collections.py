@@ -171,3 +171,29 @@ def test_progress_bar_on_a_terminal_only(collection, tmp_path):
     assert "20/20" in shown and "input/s" in shown and "100%" in shown and "<" in shown     # count, rate, ETA
     assert "20/20" not in stderr_of("--jsonl", tmp_path / "b.jsonl", "--quiet", terminal=True)
     assert "20/20" not in stderr_of("--jsonl", tmp_path / "c.jsonl", terminal=False)
+
+
+def test_picture_reader_decodes_ahead_in_order_and_raises_at_the_item(sample_images_dir, tmp_path):
+    import numpy as np
+    from agegender.errors import ImageError
+    from agegender.image import read_image
+    from analysis.runner import PictureReader
+    names = ["test1.jpg", "test2.jpg", "test.jpg"]
+    for name in names:
+        shutil.copy(os.path.join(sample_images_dir, name), tmp_path / name)
+    (tmp_path / "test15.jpg").write_bytes(b"not a jpeg")     # sorts between test1 and test2
+    items = expand_inputs([str(tmp_path)])
+    assert [os.path.basename(item.path) for item in items] == ["test.jpg", "test1.jpg", "test15.jpg", "test2.jpg"]
+    reader = PictureReader(items, depth=2)
+    try:
+        for index, item in enumerate(items):
+            if item.path.endswith("test15.jpg"):
+                with pytest.raises(ImageError):
+                    reader.read(index)
+            else:
+                image, scale = reader.read(index)
+                expected, expected_scale = read_image(item.path)
+                assert scale == expected_scale and np.array_equal(image, expected)
+            assert len(reader.pending) <= 2
+    finally:
+        reader.close()
