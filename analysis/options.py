@@ -16,7 +16,7 @@ from .detectors import DETECTORS, describe_detectors
 
 def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x112 faces"):
     """Add --backend, --model, --gpu, --det, --<detector>-model, --image-size, --aligned, --flip, --age-decoding, --threshold,
-    --min-face and --batch-size to ``parser``."""
+    --min-face, --det-size and --batch-size to ``parser``."""
     parser.add_argument("--backend", default="mxnet", choices=["mxnet", "onnx"],
                         help="mxnet: checkpoints; onnx: onnxruntime on files written by export.py (no MXNet)")
     parser.add_argument("--model", default=None,
@@ -40,6 +40,9 @@ def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x11
                         help="detector score threshold (MTCNN last stage, ESSH score)")
     parser.add_argument("--min-face", type=int, default=None,
                         help="smallest face in pixels (MTCNN: searched; ESSH: smaller boxes dropped)")
+    parser.add_argument("--det-size", type=int, default=None,
+                        help="ESSH/RetinaFace (--det 1): shrink images whose longer side exceeds this many pixels "
+                             f"before detection (default {config.ESSH_MAX_SIZE}; 640 is fast, see README)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per forward batch")
 
 
@@ -53,6 +56,10 @@ def check_analyzer_options(parser, args):
         parser.error("--batch-size must be at least 1")
     if args.min_face is not None and args.min_face < 1:
         parser.error("--min-face must be at least 1")
+    if args.det_size is not None and (args.det != 1 or args.aligned):
+        parser.error("--det-size applies to --det 1 (ESSH/RetinaFace) only")
+    if args.det_size is not None and args.det_size < 32:
+        parser.error("--det-size must be at least 32")
     if args.threshold is not None and not 0 <= args.threshold <= 1:      # NaN included
         parser.error(f"--threshold {args.threshold}: must be a score between 0 and 1")
 
@@ -60,8 +67,11 @@ def check_analyzer_options(parser, args):
 def analyzer_from_args(args):
     """The FaceAnalyzer the options describe (loads the networks)."""
     from .pipeline import FaceAnalyzer
-    return FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
-                        det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
-                        threshold=args.threshold, min_face=args.min_face, image_size=args.image_size,
-                        batch_size=args.batch_size, backend=args.backend, flip=args.flip,
-                        age_decoding=args.age_decoding)
+    analyzer = FaceAnalyzer(model=args.model, det=None if args.aligned else args.det, gpu=args.gpu,
+                            det_model=getattr(args, f"{DETECTORS[args.det].package}_model"),
+                            threshold=args.threshold, min_face=args.min_face, image_size=args.image_size,
+                            batch_size=args.batch_size, backend=args.backend, flip=args.flip,
+                            age_decoding=args.age_decoding)
+    if getattr(args, "det_size", None) is not None:
+        analyzer.finder.detector.max_size = args.det_size     # ESSH's, checked by check_analyzer_options
+    return analyzer

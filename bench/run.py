@@ -12,7 +12,13 @@ MXNet (checked). Measured:
   (when trained) and the original checkpoint, on the golden aligned faces;
 * detectors (default MTCNN and ESSH/RetinaFace): median ms of ``detect`` per image (test1.jpg, oscar1.jpg);
 * pipeline (default detector, test.py's grouping of images): images/s over the sample images, and on
-  test1.jpg the whole ``analyze`` against its detector's plus its network's own time.
+  test1.jpg the whole ``analyze`` against its detector's plus its network's own time;
+* detection profile (:mod:`bench.bench_detect`): MTCNN per stage, today's against the frozen pre-issue
+  detector in the same run, and RetinaFace per stage by input cap, one thread;
+* memory: peak RSS of ``test.py`` on oscar1.jpg and t2.jpg (default MXNet path and onnxruntime);
+* throughput: ``test.py`` over a folder of ordinary photos (copies of test1/test2/test/astronaut), default
+  path and ``--det 1 --det-size 640 --backend onnx``, all cores, images/s without start-up (two folder
+  sizes, the difference).
 
 Ratios compare each figure with MXNet running the original checkpoint (age/gender) or the same model
 (detectors, pipeline) at the same thread count.
@@ -37,6 +43,14 @@ FACES_PER_BATCH = 64
 PIPELINE_IMAGES_PER_BATCH = 8     # test.py --images-per-batch default
 TARGET_NET_SPEEDUP = 2.0          # onnxruntime shipped model vs MXNet original, batch 1, one thread
 TARGET_PIPELINE_OVERHEAD = 1.2    # whole pipeline vs detector + network, test1.jpg
+# Issue 14
+TARGET_MTCNN_SPEEDUP = 3.5        # today's MTCNN vs the pre-issue one, one thread, both backends and images
+TARGET_ESSH_640_MS = 50.0         # RetinaFace on test1.jpg at --det-size 640, onnxruntime, one thread
+TARGET_RSS_MB = {"mxnet": 1500, "onnx": 1000}   # test.py peak RSS on oscar1.jpg and t2.jpg
+TARGET_IMAGES_PER_S = {"default": 4.0, "det1_640_onnx": 15.0}
+MEMORY_IMAGES = ("oscar1.jpg", "t2.jpg")
+THROUGHPUT_PHOTOS = ("test1.jpg", "test2.jpg", "test.jpg")   # + the project's astronaut.jpg
+THROUGHPUT_COPIES = (2, 6)
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -179,10 +193,76 @@ def benchmark(args, shared):
                         "passes": runs, "runs": runs}
                 report["pipeline"].append({"model": pipeline_label, "detector": "mtcnn", "backend": backend,
                                            "threads": threads, **measure(task, threads)})
+        from bench.bench_detect import profile
+        print("  detection profile (bench.bench_detect)", file=sys.stderr)
+        report["detector_profile"] = profile(shared, runs=min(runs, 3))
+        report["memory"] = measure_memory(shared, onnx_paths, pipeline_label)
+        report["throughput"] = measure_throughput(shared, onnx_paths, pipeline_label, temp, quick=args.quick)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     report["targets"] = check_targets(report)
     return report
+
+
+def _test_py(args, env=None):
+    """Run ``test.py args``; returns (wall seconds, peak RSS MB) of that process (``os.wait4``)."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "test.py", "--quiet", "--gpu", "-1", *args], cwd=config.PROJECT_ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    error = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"test.py {' '.join(args)} failed:\n{error[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def _onnx_args(onnx_paths, label, det_model=None):
+    return ["--backend", "onnx", "--model", onnx_paths[label]] + (det_model or ["--mtcnn-model", onnx_paths["mtcnn"]])
+
+
+def measure_memory(shared, onnx_paths, label):
+    """Peak RSS MB of test.py (default detector) per crowd photo and backend."""
+    rows = []
+    for name in MEMORY_IMAGES:
+        path = os.path.join(shared, "sample-images", name)
+        for backend in ("mxnet", "onnx"):
+            extra = _onnx_args(onnx_paths, label) if backend == "onnx" else []
+            with tempfile.TemporaryDirectory() as out:
+                wall, rss = _test_py(extra + [path, "--json", os.path.join(out, "faces.json")])
+            rows.append({"image": name, "backend": backend, "peak_rss_mb": round(rss), "wall_s": round(wall, 1)})
+            print(f"  memory    {name:12} {backend:5}: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def measure_throughput(shared, onnx_paths, label, temp, quick=False):
+    """Images/s of test.py over folders of ordinary photos, start-up excluded (see the module docstring)."""
+    photos = [os.path.join(shared, "sample-images", n) for n in THROUGHPUT_PHOTOS] + [config.DEFAULT_IMAGE]
+    copies = THROUGHPUT_COPIES[:1] if quick else THROUGHPUT_COPIES
+    folders = {}
+    for count in copies:
+        folder = os.path.join(temp, f"photos{count}")
+        os.makedirs(folder)
+        for i in range(count):
+            for path in photos:
+                shutil.copy(path, os.path.join(folder, f"{i}_{os.path.basename(path)}"))
+        folders[count] = folder
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")}
+    modes = {"default": [],
+             "det1_640_onnx": _onnx_args(onnx_paths, label, ["--det", "1", "--essh-model", onnx_paths["essh"]])
+             + ["--det-size", "640"]}
+    rows = []
+    for mode, extra in modes.items():
+        walls = {count: _test_py(extra + [folder, "--json", os.path.join(temp, "throughput.json")], env)[0]
+                 for count, folder in folders.items()}
+        small, large = min(walls), max(walls)
+        images = (large - small) * len(photos) if large > small else large * len(photos)
+        seconds = walls[large] - walls[small] if large > small else walls[large]
+        rows.append({"mode": mode, "images_per_s": round(images / seconds, 2), "photos": len(photos),
+                     "wall_s": {str(k): round(v, 1) for k, v in walls.items()}})
+        print(f"  throughput {mode}: {rows[-1]}", file=sys.stderr)
+    return rows
 
 
 def _find(rows, **keys):
@@ -190,7 +270,7 @@ def _find(rows, **keys):
 
 
 def check_targets(report):
-    """The two deployment targets, with the figures they compare."""
+    """The deployment targets (and issue 14's), with the figures they compare."""
     net = report["agegender"]
     model = "shipped" if any(r["model"] == "shipped" for r in net) else "original"
     baseline = _find(net, model="original", backend="mxnet", threads=1)["batch1_ms_per_face"]
@@ -204,6 +284,36 @@ def check_targets(report):
         targets[key] = {"what": f"test1.jpg pipeline / (detector + network), {row['backend']}, {row['threads']} threads",
                         "value": round(row["overhead_ratio"], 3), "target": f"<= {TARGET_PIPELINE_OVERHEAD}",
                         "met": row["overhead_ratio"] <= TARGET_PIPELINE_OVERHEAD}
+    targets.update(_issue14_targets(report))
+    return targets
+
+
+def _issue14_targets(report):
+    """Targets of issue 14 (fast detection, bounded memory)."""
+    targets = {}
+    for backend, images in report.get("detector_profile", {}).get("mtcnn", {}).items():
+        for name, row in images.items():
+            if name == "peak_rss_mb":
+                continue
+            targets[f"mtcnn_speedup_{backend}_{name}"] = {
+                "what": f"MTCNN {name}, {backend}, one thread: pre-issue / today's CPU time (same run)",
+                "value": row["speedup"], "target": f">= {TARGET_MTCNN_SPEEDUP}",
+                "met": row["speedup"] >= TARGET_MTCNN_SPEEDUP}
+    essh = report.get("detector_profile", {}).get("essh", {}).get("onnx", {}).get("test1.jpg")
+    if essh:
+        ms = essh["max_size_640"]["ms"]
+        targets["essh_640_test1_onnx"] = {"what": "RetinaFace test1.jpg at --det-size 640, onnxruntime, one thread (CPU ms)",
+                                          "value": ms, "target": f"< {TARGET_ESSH_640_MS}", "met": ms < TARGET_ESSH_640_MS}
+    for row in report.get("memory", []):
+        limit = TARGET_RSS_MB[row["backend"]]
+        targets[f"rss_{row['backend']}_{row['image']}"] = {
+            "what": f"test.py peak RSS on {row['image']}, {row['backend']} (MB)", "value": row["peak_rss_mb"],
+            "target": f"<= {limit}", "met": row["peak_rss_mb"] <= limit}
+    for row in report.get("throughput", []):
+        goal = TARGET_IMAGES_PER_S[row["mode"]]
+        targets[f"throughput_{row['mode']}"] = {
+            "what": f"test.py images/s over ordinary photos, {row['mode']}, all {report['settings']['cpu_count']} cores",
+            "value": row["images_per_s"], "target": f">= {goal}", "met": row["images_per_s"] >= goal}
     return targets
 
 
@@ -239,6 +349,17 @@ def markdown(report):
                      f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['pipeline_ms']:.1f} | "
                      f"{r['detect_ms']:.1f} + {r['network_ms']:.1f} | {r['overhead_ratio']:.2f}x | "
                      f"{r['peak_rss_mb']:.0f} |")
+    if "detector_profile" in report:
+        from bench.bench_detect import markdown as profile_markdown
+        lines += ["", profile_markdown(report["detector_profile"]).rstrip()]
+    if report.get("memory"):
+        lines += ["", "test.py peak memory (default detector)", "", "| image | backend | peak RSS MB | wall s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['image']} | {r['backend']} | {r['peak_rss_mb']} | {r['wall_s']} |" for r in report["memory"]]
+    if report.get("throughput"):
+        lines += ["", "test.py throughput over ordinary photos (start-up excluded)", "", "| mode | images/s |",
+                  "|---|---|"]
+        lines += [f"| {r['mode']} | {r['images_per_s']} |" for r in report["throughput"]]
     lines += ["", "Targets", ""]
     for target in report["targets"].values():
         lines.append(f"- {target['what']}: {target['value']} (target {target['target']}): "

@@ -92,8 +92,8 @@ class ESSHDetector:
     needs; ``nms`` None takes the family's threshold; ``scales`` (None: ``[1.0]``, or "auto"/"pyramid",
     see :func:`resolve_scales`); ``voting=True`` replaces NMS by box voting; ``min_face`` (pixels, may be
     changed between calls) drops faces whose box is smaller on its longer side (None keeps all);
-    ``max_size`` (pixels, None: no cap) shrinks an image whose longer side exceeds it before the scales
-    apply, like insightface's ``det_size`` (default ``config.ESSH_MAX_SIZE``, chosen by recall, see README).
+    ``max_size`` (pixels, None: no cap; may be changed between calls) shrinks an image whose longer side
+    exceeds it before the scales apply, like insightface's ``det_size`` (default ``config.ESSH_MAX_SIZE``, chosen by recall, see README).
     """
 
     def __init__(self, model=config.ESSH_DEFAULT_MODEL, ctx=None, family=None, threshold=config.ESSH_THRESHOLD,
