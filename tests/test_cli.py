@@ -149,6 +149,8 @@ def test_unopenable_video_and_mismatched_checkpoint(tmp_path, shared, original_m
 def test_usage_errors_exit_2():
     assert run_cli("--det", "7").returncode == 2
     assert run_cli("--every", "0").returncode == 2
+    assert run_cli("--det-size", "640").returncode == 2                 # --det 0: MTCNN has no input cap
+    assert run_cli("--det", "1", "--det-size", "16").returncode == 2
 
 
 def test_no_arguments_runs_the_shipped_defaults(tmp_path):
