@@ -77,7 +77,7 @@ def parse_args(argv=None):
 def main(argv=None):
     ensure_standard_streams()
     from analysis.runner import Interrupted, StopSignals, exit_status_for
-    with StopSignals() as signals:
+    with StopSignals(restore=False) as signals:
         try:
             return _main(argv, signals)
         except Interrupted as exc:      # a second signal before the run started (loading the models)

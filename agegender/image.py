@@ -152,7 +152,12 @@ def _decode(data, header, where, max_pixels):
         with quiet_native_stderr():     # libpng/libjpeg warnings; the error below says what went wrong
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:
-        raise ImageError(f"{where}: not a readable image ({str(exc).strip().splitlines()[-1]})") from None
+        reason = str(exc).strip().splitlines()[-1]
+        if "Failed to allocate" in reason or "Insufficient memory" in reason:
+            raise ImageError(f"{where}: out of memory decoding its {header.width}x{header.height} pixels") from None
+        raise ImageError(f"{where}: not a readable image ({reason})") from None
+    except MemoryError:
+        raise ImageError(f"{where}: out of memory decoding its {header.width}x{header.height} pixels") from None
     if image is None:
         raise ImageError(f"{where}: not a readable image (unknown format, truncated or corrupt)")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

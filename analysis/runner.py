@@ -423,11 +423,15 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 class StopSignals:
     """While entered (main thread only): the first SIGINT, SIGTERM or SIGHUP sets ``received`` so the run
-    stops after the current item; a second one raises :class:`Interrupted` to abandon that item."""
+    stops after the current item; a second one raises :class:`Interrupted` to abandon that item.
 
-    def __init__(self):
+    ``restore=False`` (a command line that exits next) keeps the handlers after the block, only recording.
+    """
+
+    def __init__(self, restore=True):
         self.received = None
         self._holding = False
+        self._restore = restore
         self._previous = {}
 
     def hold(self):
@@ -447,6 +451,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        if not self._restore:           # a command line about to exit: later signals are only recorded
+            self.hold()
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -484,18 +491,6 @@ def run(analyzer, args, found=None, signals=None):
     items = select_items(found, args)
     if signals.received:
         return _stopped(signals.received, 0, len(items))
-    writers = []
-    try:
-        if args.json:
-            writers.append(JsonArrayWriter(args.json))
-        if args.csv:
-            writers.append(CsvWriter(args.csv))
-        if args.jsonl:
-            writers.append(JsonLinesWriter(args.jsonl, append=args.resume))
-    except BaseException:
-        for writer in writers:
-            writer.discard()
-        raise
     one_video = len(found) == 1 and found[0].is_video
     video_out = None
     pictures = None
@@ -503,10 +498,23 @@ def run(analyzer, args, found=None, signals=None):
         video_out = VideoOutput(args.output, video_fps(found[0].path) / args.every)
     elif args.output:
         pictures = PictureWriter(args.output, single=len(found) == 1 and not found[0].is_video)
-    outputs = writers + ([video_out] if video_out else [])
+    writers = []
+    outputs = [video_out] if video_out else []
+    try:
+        for option, writer_class in (("json", JsonArrayWriter), ("csv", CsvWriter)):
+            if getattr(args, option):
+                outputs.append(writer_class(getattr(args, option)))
+                writers.append(outputs[-1])
+        if args.jsonl:
+            outputs.append(JsonLinesWriter(args.jsonl, append=args.resume))
+            writers.append(outputs[-1])
+    except BaseException:
+        for output in outputs:
+            output.discard()
+        raise
     failed = done = 0
     show_bar = (len(found) > 1 or one_video) and not args.quiet and sys.stderr.isatty()
-    bar = tqdm(total=len(items), unit="input", disable=not show_bar, file=sys.stderr, dynamic_ncols=True)
+    bar = None
     pending = []
 
     def flush(item, tracker):
@@ -541,6 +549,7 @@ def run(analyzer, args, found=None, signals=None):
     interrupted = None
     reader = PictureReader(items)
     try:
+        bar = tqdm(total=len(items), unit="input", disable=not show_bar, file=sys.stderr, dynamic_ncols=True)
         for index, item in enumerate(items):
             if signals.received:
                 break
@@ -579,13 +588,14 @@ def run(analyzer, args, found=None, signals=None):
         interrupted = exc.signum
         pending.clear()
     except BaseException:
-        reader.close()
-        bar.close()
+        signals.hold()
         for output in outputs:
             output.discard()
         raise
-    reader.close()
-    bar.close()
+    finally:
+        reader.close()
+        if bar is not None:
+            bar.close()
     signals.hold()
     close_errors = _close_all(outputs)
     if close_errors:

@@ -147,8 +147,14 @@ def test_unopenable_video_and_mismatched_checkpoint(tmp_path, shared, original_m
 
 
 def test_usage_errors_exit_2():
-    assert run_cli("--det", "7").returncode == 2
-    assert run_cli("--every", "0").returncode == 2
+    for args, words in ((["--det", "7"], "argument --det: invalid choice"), (["--every", "0"], "--every must be"),
+                        (["--image-size", "0,0"], "--image-size 0,0: aligned faces are"),
+                        (["--image-size", "64,64"], "--image-size 64,64: aligned faces are"),
+                        (["--threshold", "nan"], "--threshold nan: must be a score between 0 and 1")):
+        result = run_cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], \
+            result.stderr
     assert run_cli("--det-size", "640").returncode == 2                 # --det 0: MTCNN has no input cap
     assert run_cli("--det", "1", "--det-size", "16").returncode == 2
 
