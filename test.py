@@ -15,7 +15,7 @@ import sys
 
 from agegender import config
 from agegender.errors import AgeGenderError, UsageError, UsageParser
-from agegender.files import ensure_standard_streams, mute_stdout
+from agegender.files import ensure_standard_streams, mute_stdout, print_error
 from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
@@ -81,7 +81,7 @@ def main(argv=None):
         try:
             return _main(argv, signals)
         except Interrupted as exc:      # a second signal before the run started (loading the models)
-            print(f"error: interrupted by {signal.Signals(exc.signum).name}; nothing was written", file=sys.stderr)
+            print_error(f"error: interrupted by {signal.Signals(exc.signum).name}; nothing was written")
             return exit_status_for(exc.signum)
         finally:
             _flush_stdout()
@@ -100,7 +100,7 @@ def _main(argv, signals):
         analyzer = analyzer_from_args(args)
         return run(analyzer, args, found, signals)
     except AgeGenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(f"error: {exc}")
         return 1
 
 
@@ -110,7 +110,7 @@ def _flush_stdout():
         sys.stdout.flush()
     except BrokenPipeError:
         mute_stdout()
-        print("error: standard output was closed by the reader (broken pipe)", file=sys.stderr)
+        print_error("error: standard output was closed by the reader (broken pipe)")
     except (OSError, ValueError):
         pass
 

@@ -35,7 +35,7 @@ from agegender import config
 from agegender.checkpoint import (check_params_match, checkpoint_paths, first_line, load_checkpoint, parse_model_spec,
                                   save_checkpoint)
 from agegender.errors import AgeGenderError, UsageParser
-from agegender.files import ensure_standard_streams
+from agegender.files import ensure_standard_streams, print_error
 from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
 from agegender.training import (LRSchedule, average_aux_params, balanced_sample_weights, broadcast_params,
@@ -499,20 +499,19 @@ def main(argv=None):
     try:
         train(args)
     except AgeGenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(f"error: {exc}")
         return 1
     except OSError as exc:
-        print(f"error: {exc.filename or args.prefix}: {exc.strerror or exc}", file=sys.stderr)
+        print_error(f"error: {exc.filename or args.prefix}: {exc.strerror or exc}")
         return 1
     except MemoryError:
-        print("error: out of memory (lower --per-batch-size)", file=sys.stderr)
+        print_error("error: out of memory (lower --per-batch-size)")
         return 1
     except mx.base.MXNetError as exc:
-        print(f"error: MXNet: {first_line(exc)}", file=sys.stderr)
+        print_error(f"error: MXNet: {first_line(exc)}")
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: the last saved epoch under {args.prefix} is kept; --resume continues from it",
-              file=sys.stderr)
+        print_error(f"interrupted: the last saved epoch under {args.prefix} is kept; --resume continues from it")
         return 130
     return 0
 

@@ -141,6 +141,7 @@ def ensure_standard_streams():
 
     Otherwise the next file opened would get number 1 or 2 and native libraries' messages, or the
     results, would land in it. ``sys.stdout``/``sys.stderr`` (None then) write to /dev/null too.
+    Uncaught exceptions are printed only while no thread silences stderr (:func:`stderr_clear`).
     Returns the set of descriptors that were closed (see :func:`stream_was_closed`).
     """
     for fd in (0, 1, 2):
@@ -156,6 +157,7 @@ def ensure_standard_streams():
         sys.stdout = open(1, "w", closefd=False)
     if sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False)
+    sys.excepthook = _clear_excepthook       # a traceback is never printed into a silenced stderr
     return set(_closed_at_start)
 
 
@@ -164,40 +166,93 @@ def stream_was_closed(fd):
     return fd in _closed_at_start
 
 
-_redirect_lock = threading.Lock()
+class _StderrGate:
+    """Who may touch descriptor 2: any number of threads in quiet windows (fd 2 then points at /dev/null),
+    or one writer of the project's own messages, which waits until no window is open (fd 2 is real)."""
+    condition = threading.Condition()
+    quiet = 0                   # threads inside quiet windows
+    writers = 0                 # writers waiting or writing: new windows wait for them
+    saved = None                # the real stderr while redirected
+    local = threading.local()   # this thread's window depth
 
 
 @contextlib.contextmanager
 def quiet_native_stderr():
-    """Silence what native libraries (libpng, libjpeg, MXNet's C++ log) print on stderr, for a moment.
+    """Silence what native libraries (libpng, libjpeg, FFmpeg, MXNet's C++ log) print on stderr, for a moment.
 
-    File descriptor 2 is process-wide: it is redirected only from the main thread, one redirection at a
-    time (nested or concurrent calls do nothing), so no thread can leave it pointing at /dev/null and
-    errors printed by other threads are at most hidden for the duration of one call. Elsewhere, or when
-    descriptor 2 cannot be duplicated, this does nothing.
+    File descriptor 2 is process-wide: it is redirected while at least one thread is inside (counted under
+    a lock, so overlapping threads restore the real stderr at the end, never each other's /dev/null), and
+    the project's own messages (:func:`stderr_clear`) wait until no thread is inside, so they always reach
+    the user. Keep the calls inside short. Does nothing when descriptor 2 cannot be duplicated.
     """
-    if threading.current_thread() is not threading.main_thread() or not _redirect_lock.acquire(blocking=False):
-        yield
-        return
-    saved = None
-    try:
-        try:
-            if sys.stderr is not None:
-                sys.stderr.flush()
-            saved = os.dup(2)
-            null = os.open(os.devnull, os.O_WRONLY)
+    gate, depth = _StderrGate, getattr(_StderrGate.local, "depth", 0)
+    with gate.condition:
+        while gate.writers and not depth:
+            gate.condition.wait()
+        if gate.quiet == 0:
             try:
-                os.dup2(null, 2)
-            finally:
-                os.close(null)
-        except (OSError, ValueError):
-            pass
+                if sys.stderr is not None:
+                    sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            try:
+                saved = os.dup(2)
+            except OSError:
+                saved = None
+            if saved is not None:
+                try:
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, 2)
+                    os.close(null)
+                    gate.saved = saved
+                except OSError:
+                    os.close(saved)
+        gate.quiet += 1
+    gate.local.depth = depth + 1
+    try:
         yield
     finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        _redirect_lock.release()
+        gate.local.depth = depth
+        with gate.condition:
+            gate.quiet -= 1
+            if gate.quiet == 0 and gate.saved is not None:
+                os.dup2(gate.saved, 2)
+                os.close(gate.saved)
+                gate.saved = None
+            gate.condition.notify_all()
+
+
+@contextlib.contextmanager
+def stderr_clear():
+    """Inside, descriptor 2 is the real stderr: no thread silences natives meanwhile (see
+    :func:`quiet_native_stderr`). Wrap every write of the project's own errors and notes in it."""
+    gate = _StderrGate
+    if getattr(gate.local, "depth", 0):     # this thread is in a quiet window itself: cannot wait for it
+        yield
+        return
+    with gate.condition:
+        gate.writers += 1
+        try:
+            while gate.quiet:
+                gate.condition.wait()
+            yield
+        finally:
+            gate.writers -= 1
+            gate.condition.notify_all()
+
+
+def print_error(message):
+    """Print ``message`` as one line on the real stderr (after any native-silencing window has closed)."""
+    with stderr_clear():
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+def _clear_excepthook(*exc_info):
+    with stderr_clear():
+        sys.__excepthook__(*exc_info)
 
 
 class TextOutput:

@@ -14,7 +14,8 @@ import cv2
 from tqdm import tqdm
 
 from agegender.errors import AgeGenderError, ModelOutputError, UsageError
-from agegender.files import OutputError, TextOutput, atomic_write, check_output_path, mute_stdout, same_file
+from agegender.files import (OutputError, TextOutput, atomic_write, check_output_path, mute_stdout, same_file,
+                             stderr_clear)
 from agegender.image import IMAGE_EXTENSIONS, read_image
 
 from .draw import draw_faces
@@ -306,8 +307,8 @@ def _frames(item, args, reader=None, index=None):
     else:
         image, scale = reader.read(index) if reader is not None else read_image(item.path)
         if scale != 1.0:
-            tqdm.write(f"note: {item.path}: {round(image.shape[1] * scale)}x{round(image.shape[0] * scale)} pixels, "
-                       f"decoded at 1/{round(scale)} size ({image.shape[1]}x{image.shape[0]})", file=sys.stderr)
+            report(f"{item.path}: {round(image.shape[1] * scale)}x{round(image.shape[0] * scale)} pixels, "
+                   f"decoded at 1/{round(scale)} size ({image.shape[1]}x{image.shape[0]})", "note")
         yield None, image, scale
 
 
@@ -331,15 +332,19 @@ def select_items(items, args):
         finished = finished_in_jsonl(args.jsonl)
         remaining = [item for item in items if item.path not in finished]
         if len(remaining) < len(items):
-            tqdm.write(f"note: {args.jsonl}: {len(items) - len(remaining)} of {len(items)} inputs already done, "
-                       f"resuming with {len(remaining)}", file=sys.stderr)
+            report(f"{args.jsonl}: {len(items) - len(remaining)} of {len(items)} inputs already done, "
+                   f"resuming with {len(remaining)}", "note")
         items = remaining
     return items
 
 
-def report(message):
-    """Print a one-line error for a bad item on stderr."""
-    tqdm.write(f"error: {message}", file=sys.stderr)
+def report(message, kind="error"):
+    """Print a one-line error (or note) for a bad item on stderr, never into a silenced one."""
+    with stderr_clear():
+        try:
+            tqdm.write(f"{kind}: {message}", file=sys.stderr)
+        except (OSError, ValueError):
+            pass
 
 
 def check_outputs(args, items):

@@ -115,6 +115,37 @@ def test_native_stderr_silencing_never_leaves_descriptor_2_redirected(face_112):
     assert not errors and (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
 
 
+ERRORS_WHILE_DECODING = """
+import sys, threading, cv2, numpy as np
+from agegender.files import print_error
+from agegender.image import decode_image
+from agegender.errors import ImageError
+jpeg = bytearray(cv2.imencode(".jpg", np.full((256, 256, 3), 90, np.uint8))[1].tobytes())
+jpeg[300:400] = bytes(100)
+stop = threading.Event()
+def decode():
+    while not stop.is_set():
+        try:
+            decode_image(bytes(jpeg), "corrupt")
+        except ImageError:
+            pass
+threads = [threading.Thread(target=decode) for _ in range(3)]
+[t.start() for t in threads]
+for i in range(300):
+    print_error(f"error: line {i}")
+stop.set()
+[t.join() for t in threads]
+"""
+
+
+def test_errors_printed_while_threads_silence_libjpeg_all_arrive():
+    """Decoding threads keep descriptor 2 at /dev/null most of the time; the project's own error lines still
+    all reach stderr, and libjpeg's warnings none."""
+    result = run_script("-c", ERRORS_WHILE_DECODING, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"error: line {i}" for i in range(300)]
+
+
 def test_resume_passes_over_a_broken_newest_epoch(tiny_pack, trained_run, tmp_path):
     prefix = copy_run(trained_run, tmp_path)
     params2 = checkpoint_paths(prefix, 2)[1]
@@ -511,11 +542,14 @@ def test_input_that_runs_out_of_memory_is_a_bad_item_and_the_batch_goes_on(face_
     def run_limited(limit, *inputs):
         result = run_script("-c", VMPEAK_WRAPPER, limit, *argv, *inputs, "--json", tmp_path / "out.json", timeout=120)
         peak = [int(line.split()[1]) * 1024 for line in result.stderr.splitlines() if line.startswith("vmpeak ")]
+        assert peak, result.stderr[-3000:]
         return result, peak[0]
     baseline, peak = run_limited(0, *small)
     assert baseline.returncode == 0, baseline.stderr
     # address space for what the small images need and 120 MB more: the huge one cannot be decoded
-    result, _ = run_limited(peak + 120 * 2 ** 20, small[0], huge, small[1])
+    # (the huge one first: pictures are decoded one ahead in a background thread, and the decoding of the
+    # huge one must not overlap the network run of a small one, which the limit leaves no room for)
+    result, _ = run_limited(peak + 120 * 2 ** 20, huge, *small)
     assert result.returncode == 1, result.stderr
     assert error_lines(result) == [f"error: {huge}: out of memory decoding its 7700x7700 pixels"]
     assert [r["image"] for r in json.loads((tmp_path / "out.json").read_text())] == [str(p) for p in small]
