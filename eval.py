@@ -25,7 +25,8 @@ import numpy as np
 from agegender import config
 from agegender.decode import AGE_DECODINGS, decode_age_as, decode_age_expected, decode_gender
 from agegender.errors import AgeGenderError, DataError, UsageParser
-from agegender.files import atomic_write, check_output_path, ensure_standard_streams
+from agegender.cli import EXIT_FAILED, EXIT_OK, add_gpu_option, run_main
+from agegender.files import atomic_write, check_output_path, print_error
 from agegender.metrics import age_gender_summary, cumulative_scores, fairness_report
 from agegender.model import AgeGenderModel, get_context
 from analysis.detectors import DETECTORS, describe_detectors
@@ -183,7 +184,7 @@ def parse_args(argv=None):
     p.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help="CSV only: " + describe_detectors())
     for entry in DETECTORS.values():
         p.add_argument(f"--{entry.package}-model", default=None, help="CSV only: " + entry.model_help)
-    p.add_argument("--gpu", type=int, default=-1, help="GPU id (-1: CPU)")
+    add_gpu_option(p)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: the model's own setting)")
     p.add_argument("--age-decoding", choices=AGE_DECODINGS, default=None,
@@ -209,35 +210,33 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    ensure_standard_streams()
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv):
     args = parse_args(argv)
-    try:
-        model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip,
-                               age_decoding=args.age_decoding)
-        if args.data.endswith(".rec") or args.data.endswith(".idx"):
-            faces = pack_faces(args.data)
-        else:
-            faces = csv_faces(args.data, args.split, args.aligned, args.det,
-                              getattr(args, f"{DETECTORS[args.det].package}_model"))
-        result = evaluate(model, faces, progress=args.progress)
-        result["model"], result["data"], result["flip"] = args.model, args.data, model.flip
-        result["age_decoding"] = model.age_decoding
-        text = json.dumps(result, indent=1, allow_nan=False)
-        if args.json:
-            atomic_write(args.json, lambda tmp: _write_text(tmp, text + "\n"))
-        if args.plot:
-            plot(result, args.plot, title=f"{args.model} on {os.path.basename(args.data)}")
-    except AgeGenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    model = AgeGenderModel(args.model, ctx=get_context(args.gpu), flip=args.flip, age_decoding=args.age_decoding)
+    if args.data.endswith(".rec") or args.data.endswith(".idx"):
+        faces = pack_faces(args.data)
+    else:
+        faces = csv_faces(args.data, args.split, args.aligned, args.det,
+                          getattr(args, f"{DETECTORS[args.det].package}_model"))
+    result = evaluate(model, faces, progress=args.progress)
+    result["model"], result["data"], result["flip"] = args.model, args.data, model.flip
+    result["age_decoding"] = model.age_decoding
+    text = json.dumps(result, indent=1, allow_nan=False)
+    if args.json:
+        atomic_write(args.json, lambda tmp: _write_text(tmp, text + "\n"))
+    if args.plot:
+        plot(result, args.plot, title=f"{args.model} on {os.path.basename(args.data)}")
     summary = {k: result[k] for k in ("n", "n_detected", "n_unreadable", "mae", "cs5", "gender_acc", "mae_expected",
                                       "cs5_expected")}
     print(json.dumps(summary, allow_nan=False))
     if result["n_unreadable"]:
-        print(f"error: {args.data}: {result['n_unreadable']} of {result['n']} images could not be read "
-              f"(left out of the metrics)", file=sys.stderr)
-        return 1
-    return 0
+        print_error(f"error: {args.data}: {result['n_unreadable']} of {result['n']} images could not be read "
+                    f"(left out of the metrics)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _write_text(path, text):

@@ -19,7 +19,8 @@ from agegender import config
 from agegender.align import parse_face_size
 from agegender.checkpoint import checkpoint_paths, parse_model_spec
 from agegender.errors import AgeGenderError, CheckpointError, UsageParser
-from agegender.files import check_output_path, ensure_standard_streams, is_special_file, same_file
+from agegender.cli import EXIT_OK, add_image_size_option, run_main
+from agegender.files import check_output_path, is_special_file, same_file
 
 CHECK_TOLERANCE = 1e-3   # max |onnxruntime - MXNet| on a random input, relative to the largest output
 
@@ -31,7 +32,7 @@ def build_parser():
     parser.add_argument("--essh-model", help="ESSH/RetinaFace checkpoint 'prefix,epoch' (write it to --out)")
     parser.add_argument("--out", help="ONNX file for --model or --essh-model")
     parser.add_argument("--out-dir", help="folder for the MTCNN files")
-    parser.add_argument("--image-size", default="112,112", help="age/gender input 'height,width'")
+    add_image_size_option(parser, help="age/gender input 'height,width'")
     parser.add_argument("--defaults", action="store_true",
                         help=f"export the shipped model (when it exists) and the default detectors to "
                              f"{os.path.relpath(config.ONNX_MODEL_DIR, config.PROJECT_ROOT)}/")
@@ -122,7 +123,10 @@ def check_destinations(jobs, parser, check):
 
 
 def main(argv=None):
-    ensure_standard_streams()
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -131,30 +135,26 @@ def main(argv=None):
     except (ValueError, CheckpointError) as exc:
         parser.error(str(exc))
     check_destinations(jobs, parser, not args.no_check)
-    try:
-        for kind, source, destination in jobs:
-            if kind == "agegender":
-                from agegender.onnx_export import export_agegender
-                paths = [export_agegender(source, destination, (height, width))]
-            elif kind == "essh":
-                from essh.export import export_essh
-                paths = [export_essh(source, destination)]
-            else:
-                from mtcnn.export import export_mtcnn
-                paths = export_mtcnn(source, destination)
-            note = ""
-            if not args.no_check:
-                difference = check_against_mxnet(kind, source, paths, (height, width))
-                if not difference <= CHECK_TOLERANCE:       # NaN included
-                    raise AgeGenderError(f"{paths[0]}: onnxruntime differs from MXNet by {difference:.2e} "
-                                         f"(relative); the export is wrong")
-                note = f" (max relative difference to MXNet {difference:.1e})"
-            for path in paths:
-                print(f"wrote {path}{note}")
-    except AgeGenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    for kind, source, destination in jobs:
+        if kind == "agegender":
+            from agegender.onnx_export import export_agegender
+            paths = [export_agegender(source, destination, (height, width))]
+        elif kind == "essh":
+            from essh.export import export_essh
+            paths = [export_essh(source, destination)]
+        else:
+            from mtcnn.export import export_mtcnn
+            paths = export_mtcnn(source, destination)
+        note = ""
+        if not args.no_check:
+            difference = check_against_mxnet(kind, source, paths, (height, width))
+            if not difference <= CHECK_TOLERANCE:       # NaN included
+                raise AgeGenderError(f"{paths[0]}: onnxruntime differs from MXNet by {difference:.2e} "
+                                     f"(relative); the export is wrong")
+            note = f" (max relative difference to MXNet {difference:.1e})"
+        for path in paths:
+            print(f"wrote {path}{note}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

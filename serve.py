@@ -12,12 +12,13 @@ import argparse
 import sys
 
 from agegender import config
-from agegender.errors import AgeGenderError
+from agegender.cli import EXIT_OK, run_main
+from agegender.errors import UsageParser
 from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = UsageParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="TCP port")
     add_analyzer_options(parser, aligned_help="uploads are already aligned faces (no detector)")
@@ -33,6 +34,10 @@ def build_parser():
 
 
 def main(argv=None):
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_analyzer_options(parser, args)
@@ -41,17 +46,13 @@ def main(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.queue < 0:
         parser.error("--queue must be at least 0")
-    try:
-        from analysis.service import create_app
-        analyzers = [analyzer_from_args(args) for _ in range(args.workers)]
-    except AgeGenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    from analysis.service import create_app
+    analyzers = [analyzer_from_args(args) for _ in range(args.workers)]
     import uvicorn
     app = create_app(analyzers, max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_waiting=args.queue,
                      backend=args.backend)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import signal
 import sys
 
 from agegender import config
-from agegender.errors import AgeGenderError, UsageError, UsageParser
-from agegender.files import ensure_standard_streams, mute_stdout, print_error
+from agegender.cli import run_main
+from agegender.errors import UsageError, UsageParser
+from agegender.files import mute_stdout, print_error
 from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
@@ -75,7 +76,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    ensure_standard_streams()
+    return run_main(lambda: _main_with_signals(argv))
+
+
+def _main_with_signals(argv):
     from analysis.runner import Interrupted, StopSignals, exit_status_for
     with StopSignals(restore=False) as signals:
         try:
@@ -96,12 +100,8 @@ def _main(argv, signals):
         check_outputs(args, found)
     except UsageError as exc:
         parser.error(str(exc))
-    try:
-        analyzer = analyzer_from_args(args)
-        return run(analyzer, args, found, signals)
-    except AgeGenderError as exc:
-        print_error(f"error: {exc}")
-        return 1
+    analyzer = analyzer_from_args(args)
+    return run(analyzer, args, found, signals)
 
 
 def _flush_stdout():

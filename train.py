@@ -1,4 +1,4 @@
-"""Train the age/gender network on RecordIO packs of aligned faces (SPEC §4, bugs fixed).
+"""Train the age/gender network on RecordIO packs of aligned faces (the original's recipe, bugs fixed).
 
 Example (the shipped model's architecture, on the CPU):
 
@@ -32,10 +32,11 @@ import numpy as np
 
 import symbols
 from agegender import config
-from agegender.checkpoint import (check_params_match, checkpoint_paths, first_line, load_checkpoint, parse_model_spec,
+from agegender.checkpoint import (check_params_match, checkpoint_paths, load_checkpoint, parse_model_spec,
                                   save_checkpoint)
 from agegender.errors import AgeGenderError, UsageParser
-from agegender.files import ensure_standard_streams, print_error
+from agegender.cli import EXIT_INTERRUPTED, EXIT_OK, add_image_size_option, run_main
+from agegender.files import print_error
 from agegender.losses import get_loss_symbol
 from agegender.metrics import AgeGenderMetric
 from agegender.training import (LRSchedule, average_aux_params, balanced_sample_weights, broadcast_params,
@@ -71,7 +72,7 @@ def parse_args(argv=None):
                    help="stop (and save) after this many batches in all; the schedule still spans --end-epoch (0: off)")
     p.add_argument("--end-epoch", type=int, default=30, help="last epoch (epochs are numbered from 1)")
     p.add_argument("--network", default="m1", help="m1 (MobileNet) or r<depth> (ResNet)")
-    p.add_argument("--image-size", default="112,112", help="square input size 'H,W'")
+    add_image_size_option(p, help="square input size 'H,W'")
     p.add_argument("--version-input", type=int, default=1)
     p.add_argument("--version-output", default="GAP", help="head type (GAP, E, GDC, ...)")
     p.add_argument("--version-act", default="prelu", help="activation of the head")
@@ -494,26 +495,17 @@ def _scalars(values):
 
 
 def main(argv=None):
-    ensure_standard_streams()
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv):
     args = parse_args(argv)
     try:
         train(args)
-    except AgeGenderError as exc:
-        print_error(f"error: {exc}")
-        return 1
-    except OSError as exc:
-        print_error(f"error: {exc.filename or args.prefix}: {exc.strerror or exc}")
-        return 1
-    except MemoryError:
-        print_error("error: out of memory (lower --per-batch-size)")
-        return 1
-    except mx.base.MXNetError as exc:
-        print_error(f"error: MXNet: {first_line(exc)}")
-        return 1
     except KeyboardInterrupt:
         print_error(f"interrupted: the last saved epoch under {args.prefix} is kept; --resume continues from it")
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

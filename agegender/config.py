@@ -13,6 +13,7 @@ FC1_SIZE = 2 + 2 * AGE_CLASSES   # gender logits + one logit pair per age classi
 MAX_AGE = 100
 UNKNOWN_GENDER = 9999            # label value ignored by the gender loss and metrics
 OUTPUT_LAYER = "fc1_output"
+DEFAULT_GPU = 0                  # --gpu of every script: used when the MXNet build sees it, else the CPU
 
 # Fairness report of eval.py: UTKFace race codes 0..4 (the `race` column) and the age below which gender
 # accuracy is reported apart (it is close to chance for babies in every model)
@@ -22,7 +23,7 @@ CHILD_AGE = 10
 # The project's own shipped model (trained by train.py on UTKFace, see models/MODEL_CARD.md)
 DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "agegender-m1") + ",0"
 
-# MTCNN (SPEC §6)
+# MTCNN (the original's thresholds, pyramid factor and smallest face)
 MTCNN_MODEL_DIR = os.path.join(PROJECT_ROOT, "models", "mtcnn")   # converted at set-up, not committed
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.8)
 MTCNN_FACTOR = 0.709
@@ -32,11 +33,12 @@ MTCNN_MIN_FACE = 20
 PACK_PAD = 0.25                  # replicated border on each side, as a fraction of the image's longer side
 AUTO_MIN_FACE = 0.25             # "auto" smallest face, as a fraction of the image's shorter side
 
-# ESSH / RetinaFace family (SPEC §8)
 # Test-time settings of a model without an inference sidecar (<prefix>-inference.json or ONNX metadata):
 # the original's decoding, no mirror averaging, so the original checkpoint keeps its numbers.
 INFERENCE_DEFAULTS = {"age_decoding": "votes", "flip": False}
 INFERENCE_SUFFIX = "-inference.json"
+
+# ESSH / RetinaFace family
 ESSH_DEFAULT_MODEL = os.path.join(PROJECT_ROOT, "models", "retinaface", "retinaface-mnet25") + ",0"
 ESSH_ORIGINAL_MODEL = os.path.join(PROJECT_ROOT, "ssh-model", "essh") + ",0"
 ESSH_THRESHOLD = 0.5
@@ -53,7 +55,7 @@ ONNX_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "agegender-m1.onnx")
 ONNX_MTCNN_MODEL_DIR = os.path.join(ONNX_MODEL_DIR, "mtcnn")
 ONNX_ESSH_DEFAULT_MODEL = os.path.join(ONNX_MODEL_DIR, "retinaface-mnet25.onnx")
 
-# Video face tracks (agegender/tracking.py): boxes of one face in successive processed frames overlap by
+# Video face tracks (analysis/tracking.py): boxes of one face in successive processed frames overlap by
 # at least this IoU; a face may be missed in up to TRACK_MAX_GAP processed frames and keep its track.
 TRACK_IOU = 0.3
 TRACK_MAX_GAP = 5

@@ -1,6 +1,6 @@
 """Turning the 202 ``fc1`` values of a face into gender and age.
 
-Layout (SPEC §2.5): ``fc1[0:2]`` are the female/male logits; ``fc1[2 + 2k : 4 + 2k]`` is the pair
+Layout (the original's): ``fc1[0:2]`` are the female/male logits; ``fc1[2 + 2k : 4 + 2k]`` is the pair
 ("age <= k", "age > k") for k = 0..99.
 """
 import numpy as np

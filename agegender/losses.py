@@ -1,4 +1,4 @@
-"""Training heads on top of ``fc1``: the gender softmax and the 100 ordinal age classifiers (SPEC §4.2).
+"""Training heads on top of ``fc1``: the gender softmax and the 100 ordinal age classifiers.
 
 ``fc1`` is (N, 202): ``fc1[:, 0:2]`` gender logits, ``fc1[:, 2+2k : 4+2k]`` the pair ("age <= k",
 "age > k"). The label ``softmax_label`` is (N, 101): ``[gender, b_1 .. b_100]`` with ``b_j = 1`` for

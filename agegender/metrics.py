@@ -1,4 +1,4 @@
-"""Age/gender metrics (SPEC §4.3, with the original's bugs fixed).
+"""Age/gender metrics (the original's MAE/CS@5/accuracy, with its bugs fixed: README, "Differences from the original").
 
 * gender accuracy over samples whose gender is known (label 9999 is left out, not counted wrong);
 * MAE as the mean absolute error over samples (not a mean of per-batch means);

@@ -334,7 +334,7 @@ def average_aux_params(module, kvstore, num_workers):
 
 
 def initializer_for(network):
-    """The original's initialiser (SPEC §4.4): Xavier gaussian for ResNets, uniform for MobileNets."""
+    """The original's initialiser: Xavier gaussian for ResNets, uniform for MobileNets."""
     if network[0] in "ry":
         return mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
     if network[0] in "ix":

@@ -1,4 +1,4 @@
-"""Drawing detections the way the original demo did (SPEC §2.2)."""
+"""Drawing detections the way the original demo did."""
 import cv2
 
 BOX_COLOR = (0, 255, 0)

@@ -10,6 +10,7 @@ import argparse
 from agegender import config
 from agegender.decode import AGE_DECODINGS
 from agegender.align import parse_face_size
+from agegender.cli import add_gpu_option, add_image_size_option
 
 from .detectors import DETECTORS, describe_detectors
 
@@ -22,11 +23,9 @@ def add_analyzer_options(parser, aligned_help="inputs are already aligned 112x11
     parser.add_argument("--model", default=None,
                         help="age/gender checkpoint 'prefix,epoch' (onnx: an .onnx file); default: the shipped "
                              "model (onnx: its export under models/onnx)")
-    parser.add_argument("--gpu", type=int, default=0,
-                        help="GPU id, used only if this MXNet build sees that GPU; < 0 forces the CPU")
+    add_gpu_option(parser)
     parser.add_argument("--det", type=int, default=0, choices=sorted(DETECTORS), help=describe_detectors())
-    parser.add_argument("--image-size", default=",".join(map(str, config.IMAGE_SIZE)),
-                        help="aligned face size 'height,width'")
+    add_image_size_option(parser)
     for entry in DETECTORS.values():
         parser.add_argument(f"--{entry.package}-model", default=None, help=entry.model_help)
     parser.add_argument("--aligned", action="store_true", help=aligned_help)

@@ -233,7 +233,7 @@ def crop_resized(image, boxes, size, dtype):
 
 
 def clip_to_image(boxes, width, height):
-    """Clip box corners to the image in place (the original's ``pad()`` side effect, SPEC §6.4)."""
+    """Clip box corners to the image in place (the original's ``pad()`` side effect)."""
     np.maximum(boxes[:, 0:2], 0, out=boxes[:, 0:2])
     np.minimum(boxes[:, 2], width - 1, out=boxes[:, 2])
     np.minimum(boxes[:, 3], height - 1, out=boxes[:, 3])
@@ -256,7 +256,7 @@ def pnet_boxes(prob, regression, scale, threshold):
     rows = np.empty((ys.size, 9))
     rows[:, 0] = np.round((PNET_STRIDE * xs + 1) / scale)
     rows[:, 1] = np.round((PNET_STRIDE * ys + 1) / scale)
-    # +1+12: one pixel wider than the 12-px cell, as the original computes it (SPEC §11.6).
+    # +1+12: one pixel wider than the 12-px cell, as the original computes it.
     rows[:, 2] = np.round((PNET_STRIDE * xs + 1 + CELL_SIZE) / scale)
     rows[:, 3] = np.round((PNET_STRIDE * ys + 1 + CELL_SIZE) / scale)
     rows[:, 4] = prob[ys, xs]
@@ -286,7 +286,7 @@ def as_bgr_uint8(image):
 
 
 class BaselineMtcnnDetector:
-    """Multi-task cascaded face detector with five landmarks (SPEC §6).
+    """Multi-task cascaded face detector with five landmarks.
 
     ``backend="mxnet"``: ``model_dir`` holds ``det1``..``det3`` (and optionally ``det4`` = LNet) as
     ``detN-symbol.json`` + ``detN-0001.params``. ``backend="onnx"``: it holds ``det1.onnx``..``det3.onnx``

@@ -1,4 +1,4 @@
-"""Training/evaluation iterator over a pack of aligned faces (SPEC §5.2-5.3).
+"""Training/evaluation iterator over a pack of aligned faces.
 
 Differences from the original ``FaceImageIter``: the last partial batch is kept (padded, ``batch.pad``
 tells how many samples are padding) so evaluation sees every face; colour jitter clips to 0..255;
@@ -27,7 +27,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # RGB weights of mx.image'
 
 
 def encode_labels(gender, age):
-    """Return the 101-float training label: [gender, b_1..b_100] with b_j = 1 for j <= age (SPEC §5.2)."""
+    """Return the 101-float training label: [gender, b_1..b_100] with b_j = 1 for j <= age."""
     age = min(max(int(age), 1), MAX_AGE)
     label = np.zeros(1 + AGE_CLASSES, np.float32)
     label[0] = gender
@@ -215,7 +215,7 @@ class Augmentation(NamedTuple):
 
 
 def augment(image_bgr, params, cutoff=0):
-    """Apply one sample's augmentations to a uint8 BGR face; returns float32 RGB (SPEC §5.3 order)."""
+    """Apply one sample's augmentations to a uint8 BGR face; returns float32 RGB (the original's order)."""
     image = image_bgr
     if params.crop is not None:
         image = crop_scale(image, *params.crop)

@@ -28,7 +28,8 @@ import cv2
 
 from agegender import config
 from agegender.errors import AgeGenderError, DataError, UsageParser
-from agegender.files import atomic_write, ensure_standard_streams
+from agegender.cli import EXIT_INTERRUPTED, EXIT_OK, run_main
+from agegender.files import atomic_write, print_error
 from analysis.detectors import DETECTORS, describe_detectors
 
 from .aligner import OK, FaceAligner
@@ -333,13 +334,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    ensure_standard_streams()
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv):
     args = parse_args(argv)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
-        print(f"error: {args.out}: cannot create the output folder ({exc.strerror or exc})", file=sys.stderr)
-        return 1
+        raise AgeGenderError(f"{args.out}: cannot create the output folder ({exc.strerror or exc})") from exc
     logging.basicConfig(filename=os.path.join(args.out, "prepare.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -350,23 +353,21 @@ def main(argv=None):
                           det=args.det, backend=args.backend)
     except AgeGenderError as exc:
         log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise
     except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to resume ({args.out}/{WORK_DIR} keeps the work done)",
-              file=sys.stderr)
-        return 130
+        print_error(f"interrupted: run the same command again to resume ({args.out}/{WORK_DIR} keeps the work done)")
+        return EXIT_INTERRUPTED
     log.info("summary %s", json.dumps(summary))
     if args.meta_only:
         print("wrote " + ", ".join(f"{split}.meta.csv ({n} records)" for split, n in summary["meta"].items())
               + f" to {args.out}")
-        return 0
+        return EXIT_OK
     records = ", ".join(f"{split} {n}" for split, n in summary["records"].items())
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary["skipped"].items()) or "none"
     print(f"wrote {records} records to {args.out}; skipped: {skipped} (list in {args.out}/skipped.csv)")
     print(f"{summary['processed_now']} images processed in {summary['seconds']} s: "
           f"{summary['faces_per_s']} aligned faces/s")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

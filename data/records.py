@@ -1,4 +1,4 @@
-"""RecordIO packs of aligned faces: writing, and reading with validation (SPEC §5.1).
+"""RecordIO packs of aligned faces: writing, and reading with validation.
 
 A pack is ``NAME.rec`` + ``NAME.idx``. Each record is MXNet's ``IRHeader(flag=2, label=[gender, age],
 id, id2=0)`` followed by JPEG bytes; gender 0 = female, 1 = male, 9999 = unknown. Packs are written with

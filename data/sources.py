@@ -203,7 +203,7 @@ def read_pack(path, age_first=False):
 
 
 def young_items(pack_paths, max_age, age_first=False):
-    """The under-``max_age`` records of other packs, as training items of unknown gender (SPEC §5.4)."""
+    """The under-``max_age`` records of other packs, as training items of unknown gender (the original's add_age_rec)."""
     items = []
     for path in pack_paths:
         for item in read_pack(path, age_first)[0]:

@@ -1,4 +1,4 @@
-"""ESSH-family face detector (SPEC §8): boxes and five landmarks per face, on CPU or GPU.
+"""ESSH-family face detector: boxes and five landmarks per face, on CPU or GPU.
 
 :class:`ESSHDetector` runs any checkpoint with the 9-output ESSH deploy layout (see
 :mod:`essh.symbols`); how it normalises pixels and decodes anchors follows the checkpoint's family

@@ -1,7 +1,7 @@
 """Checkpoint families of the ESSH detector: input normalisation, anchor decoding, NMS defaults.
 
 Each checkpoint belongs to a family, named in its ``<prefix>-detector.json`` sidecar or, without one,
-told by its output names (SPEC §8.5):
+told by its output names:
 
 * ``essh`` — the original enhanced-ssh-mxnet models (outputs ``rpn_*``): RGB minus the VGG means,
   SSH anchor decoding, top 1000 per stride, NMS 0.3, landmarks clipped to the image.
@@ -33,7 +33,7 @@ class Family:
     """How a checkpoint family wants its input and how its outputs decode.
 
     ``means`` are subtracted from the tensor channels, given in ``channel_order``. ``decoding`` is
-    ``"ssh"`` (anchors of SPEC §8.2, deltas scaled by the anchor size, +1 pixel convention) or
+    ``"ssh"`` (SSH anchors, deltas scaled by the anchor size, +1 pixel convention) or
     ``"prior"`` (Pytorch_Retinaface prior boxes ``anchor_sizes`` centred on each cell, deltas scaled by
     ``variances``). ``pre_nms_top`` caps the candidates per stride (None: no cap).
     """

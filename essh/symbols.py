@@ -1,4 +1,4 @@
-"""ESSH-family detector graphs as MXNet symbols (SPEC §8.1, §8.5).
+"""ESSH-family detector graphs as MXNet symbols.
 
 Both networks end in the same deploy layout: 9 outputs, ``[cls, bbox, landmark]`` for strides
 32, 16, 8, with A = 2 anchors per position. ``cls`` has 2A channels (A background, then A face
@@ -40,7 +40,7 @@ def detection_module(data, name, conv_channels, context_channels, context_act):
 
 
 def _heads(features, prefix, landmark_name):
-    """The 9 deploy outputs from ``features`` = {stride: feature map}, in SPEC order (strides 32, 16, 8)."""
+    """The 9 deploy outputs from ``features`` = {stride: feature map}, in the original's order (strides 32, 16, 8)."""
     outputs = []
     for stride in STRIDES:
         feat = features[stride]
@@ -60,7 +60,7 @@ def _heads(features, prefix, landmark_name):
 
 
 def essh_vgg16():
-    """The original ESSH deploy graph: VGG-16 backbone, SSH modules M1-M3, landmark heads (SPEC §8.1).
+    """The original ESSH deploy graph: VGG-16 backbone, SSH modules M1-M3, landmark heads.
 
     Input ``data``: N x 3 x H x W, RGB with the VGG means subtracted (no normalisation in the graph).
     """

@@ -1,4 +1,4 @@
-"""The MTCNN cascade (SPEC §6.4): PNet on an image pyramid, RNet and ONet on crops, LNet landmark refinement.
+"""The MTCNN cascade: PNet on an image pyramid, RNet and ONet on crops, LNet landmark refinement.
 
 Numerically it follows the original ``MtcnnDetector.detect_face`` (same rounding, crop dtypes, NMS
 order and in-place clipping of boxes) with less waste: P-, R- and ONet run in an exact "fast form"
@@ -293,7 +293,7 @@ def crop_resized(image, boxes, size, dtype):
 
 
 def clip_to_image(boxes, width, height):
-    """Clip box corners to the image in place (the original's ``pad()`` side effect, SPEC §6.4)."""
+    """Clip box corners to the image in place (the original's ``pad()`` side effect)."""
     np.maximum(boxes[:, 0:2], 0, out=boxes[:, 0:2])
     np.minimum(boxes[:, 2], width - 1, out=boxes[:, 2])
     np.minimum(boxes[:, 3], height - 1, out=boxes[:, 3])
@@ -315,7 +315,7 @@ def pnet_boxes(ys, xs, scores, regression, scale):
     rows = np.empty((ys.size, 9))
     rows[:, 0] = np.round((PNET_STRIDE * xs + 1) / scale)
     rows[:, 1] = np.round((PNET_STRIDE * ys + 1) / scale)
-    # +1+12: one pixel wider than the 12-px cell, as the original computes it (SPEC §11.6).
+    # +1+12: one pixel wider than the 12-px cell, as the original computes it.
     rows[:, 2] = np.round((PNET_STRIDE * xs + 1 + CELL_SIZE) / scale)
     rows[:, 3] = np.round((PNET_STRIDE * ys + 1 + CELL_SIZE) / scale)
     rows[:, 4] = scores
@@ -347,7 +347,7 @@ def pnet_strips(height, width, max_pixels=None):
 
 
 class MtcnnDetector:
-    """Multi-task cascaded face detector with five landmarks (SPEC §6).
+    """Multi-task cascaded face detector with five landmarks.
 
     ``backend="mxnet"``: ``model_dir`` holds ``det1``..``det3`` (and optionally ``det4`` = LNet) as
     ``detN-symbol.json`` + ``detN-0001.params``. ``backend="onnx"``: it holds ``det1.onnx``..``det3.onnx``

@@ -1,4 +1,4 @@
-"""The four MTCNN networks (SPEC §6.1) as MXNet symbols, with the original checkpoints' parameter names.
+"""The four MTCNN networks as MXNet symbols, with the original checkpoints' parameter names.
 
 Inputs are already normalised, ``(x - 127.5) * 0.0078125`` on BGR pixels, CHW. Each symbol ends in plain
 softmax / fully connected outputs (no loss layers), so it binds without label arrays.

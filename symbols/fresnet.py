@@ -1,4 +1,4 @@
-"""ResNet family (``--network r<depth>``, SPEC §3.3) with insightface-style layer names.
+"""ResNet family (``--network r<depth>``, the original's depths and units) with insightface-style layer names.
 
 Four stages; the first unit of each halves the resolution (112 -> 7 after four stages) and has a projection
 shortcut (``_conv1sc`` + BN ``_sc``). Depths below 101 use basic units with filters 64, 64, 128, 256, 512;

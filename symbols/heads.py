@@ -1,7 +1,7 @@
 """Output heads: from a body's last feature map (C x 7 x 7 for 112 x 112 input) to the ``fc1`` layer.
 
-``version_output`` selects the head (SPEC §3.2). BatchNorms here use eps 2e-5, momentum 0.9; the last layer
-of every head is named ``fc1`` so that ``fc1_output`` is always the network output.
+``version_output`` selects one of the original's heads. BatchNorms here use eps 2e-5, momentum 0.9; the last
+layer of every head is named ``fc1`` so that ``fc1_output`` is always the network output.
 
 =========  ===================================================================================
 ``Z``      BN ``bn1`` -> Dropout 0.4 (``fc1``); no FC: the output is the C x 7 x 7 feature map

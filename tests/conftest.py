@@ -43,6 +43,13 @@ def reference_dir(shared):
 
 
 @pytest.fixture(scope="session")
+def face_112(reference_dir):
+    """An aligned 112x112 face (BGR) of the original's golden references."""
+    import cv2
+    return cv2.imread(os.path.join(reference_dir, "test1_face0_aligned112.png"))
+
+
+@pytest.fixture(scope="session")
 def sample_images_dir(shared):
     return _require_shared("sample-images")
 
@@ -51,3 +58,22 @@ def sample_images_dir(shared):
 def utkface_images_dir(shared):
     """Folder of the UTKFace chips (200x200 JPEG)."""
     return _require_shared("data", "utkface", "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(shared, tmp_path_factory):
+    """train (32) / val (16) packs of resized UTKFace chips: 2 batches of 16 per epoch."""
+    import csv
+    import cv2
+    from data.records import PackWriter, encode_face
+    folder = tmp_path_factory.mktemp("pack")
+    with open(os.path.join(shared, "data", "utkface", "labels.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for split, count in (("train", 32), ("val", 16)):
+        chosen = [r for r in rows if r["split"] == split][::97][:count]
+        with PackWriter(str(folder / split)) as writer:
+            for row in chosen:
+                image = cv2.imread(os.path.join(shared, "data", "utkface", row["path"]))
+                writer.write(encode_face(cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)),
+                             int(row["gender"]), int(row["age"]))
+    return folder

@@ -120,7 +120,7 @@ def test_original_essh_checkpoint_loads_as_essh_family(essh_checkpoint):
     assert det.family.name == ESSH and det.nms_threshold == 0.3
     img = np.random.RandomState(1).randint(0, 256, (96, 128, 3), dtype=np.uint8)
     tensor = det.input_tensor(img)
-    # RGB order with the VGG means subtracted (SPEC §8.3).
+    # RGB order with the VGG means subtracted (the original ESSH input).
     np.testing.assert_allclose(tensor[0, 0], img[:, :, 2] - 123.68, atol=1e-4)
     np.testing.assert_allclose(tensor[0, 2], img[:, :, 0] - 103.939, atol=1e-4)
     boxes, landmarks = det.detect(img)
@@ -130,7 +130,7 @@ def test_original_essh_checkpoint_loads_as_essh_family(essh_checkpoint):
 
 
 def test_essh_anchors_and_zero_deltas_decode_to_spec_anchors(essh_checkpoint, tmp_path):
-    """With zero deltas every stride-8 small anchor is a face: boxes are the SPEC §8.2 anchors, clipped."""
+    """With zero deltas every stride-8 small anchor is a face: boxes are the SSH base anchors, clipped."""
     prefix, params = essh_checkpoint
     params = dict(params)
     for name in params:
@@ -260,7 +260,7 @@ def quality(detector, age_model, reference_dir, sample_images_dir):
 
 
 def is_known_false_positive(stem, face):
-    """MTCNN's 19x22 px detection on the lace of a dress in test1.jpg (SPEC §13) is not a face."""
+    """MTCNN's 19x22 px detection on the lace of a dress in test1.jpg (a false positive of the original's detector) is not a face."""
     x1, y1 = face["bbox_x1y1x2y2"][:2]
     return stem == "test1" and abs(x1 - 153) < 5 and abs(y1 - 592) < 5
 

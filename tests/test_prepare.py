@@ -187,7 +187,7 @@ def _write_age_first_pack(prefix, faces, labels):
 
 
 def test_rec_source_swap_labels_and_young_faces_cli(utk_images, tmp_path):
-    """SSR-Net-style [age, gender] packs: convert_rec + add_age_rec of SPEC §5.4, in two worker processes."""
+    """SSR-Net-style [age, gender] packs: the original's convert_rec + add_age_rec, in two worker processes."""
     faces = [encode_face(cv2.resize(cv2.imread(p), (112, 112))) for p in utk_images[:4]]
     os.makedirs(tmp_path / "ssr")
     _write_age_first_pack(tmp_path / "ssr" / "train", faces, [(30, 1), (41, 0), (8, 1), (22, 0)])
@@ -207,4 +207,4 @@ def test_rec_source_swap_labels_and_young_faces_cli(utk_images, tmp_path):
     # Without --swap-labels the ages read as genders are refused, naming the record
     result = subprocess.run(cmd[:6] + ["--aligned", "--restart"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 2 and "train.rec: record 0" in result.stderr and "--swap-labels" in result.stderr
+    assert result.returncode == 1 and "train.rec: record 0" in result.stderr and "--swap-labels" in result.stderr

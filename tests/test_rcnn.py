@@ -1,4 +1,4 @@
-"""rcnn/: the Cython ops against their NumPy versions, NMS properties, anchors against SPEC §8.2, decoding."""
+"""rcnn/: the Cython ops against their NumPy versions, NMS properties, anchors against the original's values, decoding."""
 import importlib
 import os
 
@@ -181,7 +181,7 @@ def test_bbox_overlaps_values(bbox_overlaps_cython):
 
 
 def test_ssh_base_anchors_match_spec():
-    expected = [  # SPEC §8.2, strides 32, 16, 8
+    expected = [  # the original's base anchors, strides 32, 16, 8
         [[-248, -248, 263, 263], [-120, -120, 135, 135]],
         [[-56, -56, 71, 71], [-24, -24, 39, 39]],
         [[-8, -8, 23, 23], [0, 0, 15, 15]],

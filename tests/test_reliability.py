@@ -32,7 +32,7 @@ from agegender.errors import CheckpointError, ImageError
 from agegender.image import read_image
 from agegender.model import AgeGenderModel
 from agegender.training import find_resume_epoch, load_optimizer_states
-from data.records import PackReader, PackWriter, encode_face
+from data.records import PackReader
 
 QUIET_ENV = dict(os.environ, OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1", PYTHONPATH=PROJECT_ROOT)
 GIB = 1024 ** 3
@@ -133,12 +133,6 @@ def write_flat_jpeg(path, width, height, sof=0xC0):
 
 
 # -- 1. images ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def face_112(reference_dir):
-    """An aligned 112x112 face of the original's golden references."""
-    return cv2.imread(os.path.join(reference_dir, "test1_face0_aligned112.png"))
-
 
 @pytest.fixture(scope="module")
 def odd_images(tmp_path_factory, face_112):
@@ -408,22 +402,6 @@ def wait_for(condition, process, timeout, what):
             process.kill()
             pytest.fail(f"no {what} within {timeout} s")
         time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def tiny_pack(shared, tmp_path_factory):
-    """train (32) / val (16) packs of resized UTKFace chips: 2 batches of 16 per epoch."""
-    folder = tmp_path_factory.mktemp("pack")
-    with open(os.path.join(shared, "data", "utkface", "labels.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    for split, count in (("train", 32), ("val", 16)):
-        chosen = [r for r in rows if r["split"] == split][::97][:count]
-        with PackWriter(str(folder / split)) as writer:
-            for row in chosen:
-                image = cv2.imread(os.path.join(shared, "data", "utkface", row["path"]))
-                writer.write(encode_face(cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)),
-                             int(row["gender"]), int(row["age"]))
-    return folder
 
 
 def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tiny_pack, tmp_path):

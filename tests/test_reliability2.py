@@ -24,7 +24,7 @@ from agegender.errors import CheckpointError, ImageError
 from agegender.files import quiet_native_stderr
 from agegender.image import decode_image
 from agegender.model import AgeGenderModel
-from data.records import PackWriter, encode_face
+from data.records import PackWriter
 from tests.test_reliability import QUIET_ENV, error_lines, run_measured
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -40,27 +40,6 @@ def one_line_usage_error(result, words):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
     assert lines[0].startswith("error: ") and words in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def face_112(reference_dir):
-    return cv2.imread(os.path.join(reference_dir, "test1_face0_aligned112.png"))
-
-
-@pytest.fixture(scope="module")
-def tiny_pack(shared, tmp_path_factory):
-    """train (32) / val (16) packs of resized UTKFace chips: 2 batches of 16 per epoch."""
-    folder = tmp_path_factory.mktemp("pack")
-    with open(os.path.join(shared, "data", "utkface", "labels.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    for split, count in (("train", 32), ("val", 16)):
-        chosen = [r for r in rows if r["split"] == split][::89][:count]
-        with PackWriter(str(folder / split)) as writer:
-            for row in chosen:
-                image = cv2.imread(os.path.join(shared, "data", "utkface", row["path"]))
-                writer.write(encode_face(cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA)),
-                             int(row["gender"]), int(row["age"]))
-    return folder
 
 
 def train_argv(data_dir, prefix, *extra):

@@ -1,4 +1,4 @@
-"""Base anchors per feature-map stride (SSH/ESSH, SPEC §8.2) and their placement over a feature map."""
+"""Base anchors per feature-map stride (SSH/ESSH) and their placement over a feature map."""
 import numpy as np
 
 # SSH / ESSH / RetinaFace anchors: stride -> base size, aspect ratios (h / w), scales (anchor side = base * scale)
