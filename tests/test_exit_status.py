@@ -12,7 +12,8 @@ from agegender.config import PROJECT_ROOT
 # Entry points with the command that runs them; tools/launch.py passes its workers' statuses on instead.
 SCRIPTS = {"test.py": ["test.py"], "eval.py": ["eval.py"], "export.py": ["export.py"], "train.py": ["train.py"],
            "serve.py": ["serve.py"], "data/prepare.py": ["-m", "data.prepare"],
-           "tools/fetch_weights.py": ["-m", "tools.fetch_weights"]}
+           "tools/fetch_weights.py": ["-m", "tools.fetch_weights"],
+           "tools/choose_inference.py": ["-m", "tools.choose_inference"]}
 
 
 def run_script(script, *args):
