@@ -192,7 +192,8 @@ class PictureWriter:
     """Writes annotated pictures: to ``output`` itself for a single picture, else inside the folder.
 
     In a folder, names come from :func:`output_name` (no ``..``, no absolute paths) and a name that a
-    symbolic link inside the folder would lead outside it is refused.
+    symbolic link inside the folder would lead outside it is refused. A video in a folder run becomes one
+    annotated video there, named like the video with :data:`FOLDER_VIDEO_SUFFIX`.
     """
 
     def __init__(self, output, single):
@@ -200,11 +201,11 @@ class PictureWriter:
         self.single = single and names_picture(output)
         self.used = set()
 
-    def path_for(self, item, frame):
+    def path_for(self, item, frame, suffix=".jpg"):
         if self.single:
             return self.output
         root = os.path.abspath(self.output)
-        path = os.path.abspath(os.path.join(root, output_name(item, frame)))
+        path = os.path.abspath(os.path.join(root, output_name(item, frame, suffix)))
         stem, ext = os.path.splitext(path)
         n = 1
         while path in self.used:
@@ -222,6 +223,9 @@ class PictureWriter:
         if not ok:
             raise AgeGenderError(f"{path}: cannot encode the annotated picture")
         atomic_write(path, encoded.tofile, error_class=AgeGenderError)
+
+
+FOLDER_VIDEO_SUFFIX = ".mp4"
 
 
 class VideoOutput:
@@ -405,14 +409,15 @@ def check_outputs(args, items):
                              f"would be written among the inputs")
     planner = PictureWriter(output, single=False)
     for item in items:
-        if item.error or item.is_video:
+        if item.error:
             continue
         try:
-            planned = planner.path_for(item, None)
+            planned = planner.path_for(item, None, FOLDER_VIDEO_SUFFIX if item.is_video else ".jpg")
         except AgeGenderError:
             continue                    # refused when the item is written (a symbolic link leads outside)
         if overwrites_input(planned):
-            raise UsageError(f"--output {output}: the annotated picture of {item.path} would overwrite an input")
+            kind = "video" if item.is_video else "picture"
+            raise UsageError(f"--output {output}: the annotated {kind} of {item.path} would overwrite an input")
 
 
 class Interrupted(BaseException):
@@ -543,7 +548,9 @@ def run(analyzer, args, found=None, signals=None):
                 writer.write(record)
             if pictures or video_out or args.show:
                 picture = draw_faces(image, _rescaled(faces, 1.0 / scale))
-                if pictures:
+                if item_video:
+                    item_video.write(picture)
+                elif pictures:
                     pictures.write(item, frame, picture)
                 if video_out:
                     video_out.write(picture)
@@ -552,6 +559,7 @@ def run(analyzer, args, found=None, signals=None):
         pending.clear()
 
     interrupted = None
+    item_video = None                   # the annotated video of the current video in a folder run
     reader = PictureReader(items)
     try:
         bar = tqdm(total=len(items), unit="input", disable=not show_bar, file=sys.stderr, dynamic_ncols=True)
@@ -562,6 +570,10 @@ def run(analyzer, args, found=None, signals=None):
                 if item.error:
                     raise AgeGenderError(item.error)
                 tracker = FaceTracker() if item.is_video else None
+                if pictures and item.is_video:
+                    item_video = VideoOutput(pictures.path_for(item, None, FOLDER_VIDEO_SUFFIX),
+                                             video_fps(item.path) / args.every)
+                    outputs.append(item_video)
                 frames = 0
                 for frame, image, scale in _frames(item, args, reader, index):
                     pending.append((item, frame, image, scale))
@@ -587,6 +599,12 @@ def run(analyzer, args, found=None, signals=None):
                 pending.clear()
                 failed += 1
                 report(message)
+            if item_video:                  # kept with the frames done, like a single --output video
+                outputs.remove(item_video)
+                errors = _close_all([item_video])
+                item_video = None
+                if errors:
+                    raise errors[0]
             done += 1
             bar.update(1)
     except Interrupted as exc:

@@ -189,3 +189,29 @@ def test_annotated_video_keeps_odd_sides(tmp_path):
     video.release()
     assert ok and frame.shape == (346, 612, 3)                # padded by a copy of the last row/column
     assert frame[-3:, 100:500, 2].mean() > 150
+
+
+def test_videos_in_a_folder_run_become_annotated_videos_in_the_output_folder(tmp_path, sample_images_dir):
+    base = cv2.imread(os.path.join(sample_images_dir, "test2.jpg"))[:344]
+    inputs = tmp_path / "inputs"
+    (inputs / "clips").mkdir(parents=True)
+    writer = cv2.VideoWriter(str(inputs / "clips" / "walk.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 8,
+                             (base.shape[1], base.shape[0]))
+    for k in range(4):
+        writer.write(shifted(base, k))
+    writer.release()
+    cv2.imwrite(str(inputs / "still.jpg"), base)
+    out = tmp_path / "annotated"
+    result = subprocess.run([sys.executable, os.path.join(PROJECT_ROOT, "test.py"), "--quiet", "--gpu", "-1",
+                             str(inputs), "--every", "2", "--output", str(out), "--json", "-"],
+                            capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["clips/walk.mp4", "still.jpg"]
+    frames = [r for r in json.loads(result.stdout) if r.get("frame") is not None]
+    video = cv2.VideoCapture(str(out / "clips" / "walk.mp4"))
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(4)     # every 2nd frame of an 8 fps clip
+    count = 0
+    while video.read()[0]:
+        count += 1
+    video.release()
+    assert count == len(frames) == 2
