@@ -6,7 +6,7 @@
 #   LANES=1 tools/recipe_search.sh    # one at a time
 #
 # Settings through the environment: DATA (packs, default work-data/utkface), OUT (checkpoints and logs,
-# default runs/recipe-search), RESULTS (eval JSONs, default models/recipe-search), EPOCHS (default 4),
+# default runs/recipe-search), RESULTS (eval JSONs, default models/recipe-search), EPOCHS (default 6),
 # LANES (runs at once, default 2), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-work-data/utkface}
 OUT=${OUT:-runs/recipe-search}
 RESULTS=${RESULTS:-models/recipe-search}
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-6}
 LANES=${LANES:-2}
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -33,8 +33,10 @@ VARIANTS=(
     "pretrained-gauss2|$PRE $AUG --gender-weight 10 --age-sigma 2"
     "pretrained-gw30|$PRE $AUG --gender-weight 30"
     "pretrained-blr0.3|$PRE $AUG --gender-weight 10 --backbone-lr-mult 0.3"
+    "pretrained-blr0.1|$PRE $AUG --gender-weight 10 --backbone-lr-mult 0.1"
     "pretrained-strongaug|$PRE --color 2 --rand-crop 0.2 --gender-weight 10"
     "pretrained-balance0.5|$PRE $AUG --gender-weight 10 --balance 0.5"
+    "pretrained-blr0.1-gw30|$PRE $AUG --gender-weight 30 --backbone-lr-mult 0.1"
 )
 
 run_variant() {
