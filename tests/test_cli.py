@@ -131,7 +131,13 @@ def test_video_frames_every_n(tmp_path, sample_images_dir, original_model, origi
     records = json.loads(result.stdout)
     assert [r["frame"] for r in records[:-1]] == [0, 2, 4]
     assert records[-1]["frames"] == 3 and "tracks" in records[-1]      # the video's track summary closes it
-    assert len(os.listdir(tmp_path / "frames")) == 3
+    assert os.listdir(tmp_path / "frames") == ["clip.mp4"]             # a folder output keeps videos videos
+    video = cv2.VideoCapture(str(tmp_path / "frames" / "clip.mp4"))
+    count = 0
+    while video.read()[0]:
+        count += 1
+    video.release()
+    assert count == 3
 
 
 def test_unopenable_video_and_mismatched_checkpoint(tmp_path, shared, original_model):
