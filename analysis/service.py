@@ -81,17 +81,29 @@ def analyze_bytes(analyzer, data, name, max_pixels, annotate=False):
     return record, picture
 
 
+# An upload refused for its size is still read (and dropped) up to this many bytes before the 413 goes out: a
+# client still sending when the server closes the connection gets a broken pipe instead of the answer.
+DRAIN_BYTES = 256 * 1024 * 1024
+
+
 async def read_body(request, max_bytes):
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+    """The request body; over ``max_bytes`` (declared or counted) it is drained and refused with 413."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise UploadError(f"upload of {declared} bytes refused (limit {max_bytes} bytes)", 413)
+    declared = int(declared) if declared is not None and declared.isdigit() else None
+    too_long = declared is not None and declared > max_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            raise UploadError(f"upload of more than {max_bytes} bytes refused (limit {max_bytes} bytes)", 413)
-        chunks.append(chunk)
+        if not too_long and size > max_bytes:
+            too_long, chunks = True, []
+        if not too_long:
+            chunks.append(chunk)
+        elif size > DRAIN_BYTES:
+            break
+    if too_long:
+        stated = declared is not None and declared > max_bytes
+        amount = f"{declared} bytes" if stated else f"more than {max_bytes} bytes"
+        raise UploadError(f"upload of {amount} refused (limit {max_bytes} bytes)", 413)
     return b"".join(chunks)
 
 
