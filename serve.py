@@ -9,11 +9,13 @@
 GET / is an upload page showing the annotated picture and a table of faces; GET /health says it is up.
 """
 import argparse
+import socket
 import sys
 
 from agegender import config
 from agegender.cli import EXIT_OK, run_main
-from agegender.errors import UsageParser
+from agegender.errors import AgeGenderError, UsageParser
+from agegender.files import print_error
 from analysis.options import add_analyzer_options, analyzer_from_args, check_analyzer_options
 
 
@@ -46,13 +48,35 @@ def _main(argv):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.queue < 0:
         parser.error("--queue must be at least 0")
+    listener = listen(args.host, args.port)      # before the models load: a taken port fails at once
     from analysis.service import create_app
     analyzers = [analyzer_from_args(args) for _ in range(args.workers)]
     import uvicorn
     app = create_app(analyzers, max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_waiting=args.queue,
                      backend=args.backend)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    host, port = listener.getsockname()[:2]
+    print_error(f"INFO:     serve.py listening on http://{host if ':' not in host else f'[{host}]'}:{port} "
+                f"(Ctrl+C to quit)")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listener])
     return EXIT_OK
+
+
+def listen(host, port):
+    """A listening TCP socket on ``host:port`` (port 0: one the system picks); AgeGenderError if it cannot."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise AgeGenderError(f"--host {host}: cannot listen there ({exc.strerror or exc})") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise AgeGenderError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
+    return listener
 
 
 if __name__ == "__main__":

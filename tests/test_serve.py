@@ -38,13 +38,13 @@ class Server:
         def read_log():
             for line in self.process.stderr:
                 self.log.append(line)
-                if "Uvicorn running on" in line:
+                if "serve.py listening on" in line:
                     started.set()
             started.set()
 
         threading.Thread(target=read_log, daemon=True).start()
         started.wait(180)
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(self.log))
+        found = re.search(r"serve\.py listening on (http://127\.0\.0\.1:\d+)", "".join(self.log))
         if found is None:
             self.stop()
             raise AssertionError("serve.py did not start:\n" + "".join(self.log))
@@ -250,3 +250,31 @@ def test_onnx_backend_and_a_full_queue(sample_images_dir, tmp_path):
         assert status == 200 and len(json.loads(body)["faces"]) > 100
     finally:
         server.stop()
+
+
+def test_result_pages_expire_after_the_newest_kept(server, sample_images_dir):
+    from agegender import config
+    body, content_type = multipart("image", "Tom_Hanks_54745.png", read(sample_images_dir, "Tom_Hanks_54745.png"))
+    urls = []
+    for _ in range(config.SERVE_RESULT_PAGES + 1):
+        req = urllib.request.Request(server.url + "/", data=body, method="POST")
+        req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, timeout=120) as response:         # the 303 is followed to the page
+            assert response.status == 200 and "/results/" in response.geturl()
+            assert b"<table" in response.read()
+            urls.append(response.geturl())
+    status, body, _ = request(urls[0])
+    assert status == 404 and b"no longer kept" in body
+    assert request(urls[-1])[0] == 200
+
+
+def test_a_port_in_use_is_one_error_line_before_the_models_load():
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, os.path.join(PROJECT_ROOT, "serve.py"), "--port", str(port),
+                                 "--gpu", "-1"], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and f"--port {port}: cannot listen" in lines[0], result.stderr
