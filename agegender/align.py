@@ -1,4 +1,4 @@
-"""Five-point similarity alignment of a face onto the 112x112 template (the original's 5-point similarity transform and template)."""
+"""Five-point similarity alignment of a face onto the original's 112x112 template."""
 import cv2
 import numpy as np
 

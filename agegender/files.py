@@ -8,6 +8,7 @@ the previous file or nothing, never half a file. A target that is a FIFO or a ch
 import contextlib
 import errno
 import glob
+import json
 import os
 import stat
 import sys
@@ -114,6 +115,12 @@ def atomic_write(path, write, errors=(OSError,), describe=None, error_class=Outp
         remove_quietly(tmp)
         raise
     return path
+
+
+def write_json(path, value, **options):
+    """Write ``value`` as JSON (``json.dump`` options) to ``path``: the ``write`` of :func:`atomic_write`."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, **options)
 
 
 def remove_quietly(path):

@@ -28,6 +28,7 @@ from mxnet.lr_scheduler import LRScheduler
 
 from .checkpoint import _atomic_write, checkpoint_paths, load_checkpoint
 from .errors import CheckpointError
+from .files import write_json
 
 STATE_VERSION = 1
 
@@ -135,7 +136,7 @@ def save_trainer_state(prefix, epoch, module, state, optimizer_states=True):
     if optimizer_states:
         _atomic_write(states_path, module.save_optimizer_states)
     body = dict(state, version=STATE_VERSION, epoch=int(epoch), optimizer_states=bool(optimizer_states))
-    _atomic_write(state_path, lambda tmp: _write_json(tmp, body))
+    _atomic_write(state_path, lambda tmp: write_json(tmp, body, indent=1, sort_keys=True))
     return state_path
 
 
@@ -167,11 +168,6 @@ def load_optimizer_states(module, path):
     """Restore ``module``'s optimizer state from ``path`` after :func:`check_optimizer_states`."""
     check_optimizer_states(path)
     module.load_optimizer_states(path)
-
-
-def _write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
 
 
 def load_trainer_state(prefix, epoch):

@@ -90,7 +90,8 @@ async def read_body(request, max_bytes):
     """The request body; over ``max_bytes`` (declared or counted) it is drained and refused with 413."""
     declared = request.headers.get("content-length")
     declared = int(declared) if declared is not None and declared.isdigit() else None
-    too_long = declared is not None and declared > max_bytes
+    declared_too_long = declared is not None and declared > max_bytes
+    too_long = declared_too_long
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -101,8 +102,7 @@ async def read_body(request, max_bytes):
         elif size > DRAIN_BYTES:
             break
     if too_long:
-        stated = declared is not None and declared > max_bytes
-        amount = f"{declared} bytes" if stated else f"more than {max_bytes} bytes"
+        amount = f"{declared} bytes" if declared_too_long else f"more than {max_bytes} bytes"
         raise UploadError(f"upload of {amount} refused (limit {max_bytes} bytes)", 413)
     return b"".join(chunks)
 

@@ -29,7 +29,7 @@ import cv2
 from agegender import config
 from agegender.errors import AgeGenderError, DataError, UsageParser
 from agegender.cli import EXIT_INTERRUPTED, EXIT_OK, run_main
-from agegender.files import atomic_write, print_error
+from agegender.files import atomic_write, print_error, write_json
 from analysis.detectors import DETECTORS, describe_detectors
 
 from .aligner import OK, FaceAligner
@@ -125,8 +125,8 @@ def _open_journal(work, items, options, restart):
                 raise DataError(f"{work}: holds an unfinished run with another source or settings; "
                                 f"use --restart to discard it")
     else:
-        atomic_write(manifest_path, lambda tmp: _write_json(tmp, {"fingerprint": fingerprint, "items": len(items),
-                                                                  "options": options}), error_class=DataError)
+        atomic_write(manifest_path, lambda tmp: write_json(tmp, {"fingerprint": fingerprint, "items": len(items),
+                                                                  "options": options}, indent=1), error_class=DataError)
     return Journal(os.path.join(work, "journal.bin"))
 
 
@@ -261,13 +261,8 @@ def prepare(source, out_dir, val_fraction=0.1, test_fraction=0.0, seed=0, worker
     summary = {"source": source, "out": out_dir, "records": dict(counts), "skipped": dict(reasons),
                "resumed_from": resumed, "processed_now": processed, "seconds": round(seconds, 1),
                "faces_per_s": round(aligned_now / seconds, 2) if seconds > 0 else None}
-    atomic_write(os.path.join(out_dir, "summary.json"), lambda tmp: _write_json(tmp, summary), error_class=DataError)
+    atomic_write(os.path.join(out_dir, "summary.json"), lambda tmp: write_json(tmp, summary, indent=1), error_class=DataError)
     return summary
-
-
-def _write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
 
 
 def _write_csv(path, rows):

@@ -17,7 +17,7 @@ from agegender.checkpoint import parse_model_spec
 from agegender.cli import EXIT_OK, run_main
 from agegender.decode import AGE_DECODINGS
 from agegender.errors import AgeGenderError, UsageParser
-from agegender.files import atomic_write
+from agegender.files import atomic_write, write_json
 
 
 def evaluate(model, data, decoding, flip, json_path):
@@ -38,11 +38,6 @@ def choose(results):
     plain, mirrored = results[decoding, False], results[decoding, True]
     flip = mirrored["mae"] < plain["mae"] and mirrored["gender_acc"] >= plain["gender_acc"]
     return {"age_decoding": decoding, "flip": bool(flip)}
-
-
-def _write_json(path, value):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=1) + "\n")
 
 
 def _main(argv):
@@ -69,7 +64,7 @@ def _main(argv):
     if not args.dry_run:
         prefix, _ = parse_model_spec(args.model)
         path = prefix + config.INFERENCE_SUFFIX
-        atomic_write(path, lambda tmp: _write_json(tmp, chosen))
+        atomic_write(path, lambda tmp: write_json(tmp, chosen, indent=1))
         print(f"wrote {path}")
     return EXIT_OK
 
